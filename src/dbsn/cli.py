@@ -1,0 +1,214 @@
+"""Command line: ``dbsn train | evaluate | denoise | demo | models``. Parse, then call one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+log = logging.getLogger("dbsn")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _budget(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="number of optimisation steps")
+    group.add_argument("--minutes", type=float, help="wall-clock budget in minutes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="dbsn", description="Self-supervised image denoising (DBSN).")
+    parser.add_argument("--version", action="version", version=f"dbsn {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a stage-1 model (D-BSN, noise estimator) from noisy images")
+    t.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
+    data = t.add_argument_group("data (give --noisy, or --clean with --noise)")
+    data.add_argument("--noisy", help="folder of real noisy images (no clean images needed)")
+    data.add_argument("--clean", help="folder of clean images to add synthetic noise to")
+    data.add_argument("--noise", help="synthetic noise: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg")
+    data.add_argument("--fixed-noise", action="store_true",
+                      help="one fixed seed-0 noisy realisation per image, as in the evaluation protocol")
+    data.add_argument("--channels", type=int, choices=(1, 3), help="force gray (1) or colour (3)")
+    m = t.add_argument_group("model")
+    m.add_argument("--model", default="dbsn_small", help="registered model name (see `dbsn models`)")
+    m.add_argument("--width", type=int, help="feature channels c (paper: 96)")
+    m.add_argument("--blocks", type=int, help="dilated blocks per branch B (paper: 8)")
+    m.add_argument("--mask-mode", choices=("mask", "trimmed"), help="centre-masked convolution variant")
+    m.add_argument("--noise-model", choices=("awgn", "hg", "mg"),
+                   help="noise heads; default: the kind of --noise, or hg for real noisy images")
+    o = t.add_argument_group("optimisation")
+    _budget(o)
+    o.add_argument("--schedule", choices=("three-phase", "joint"), default="three-phase",
+                   help="three-phase: L2 on mu, heads with mu frozen, joint (default); joint: official")
+    o.add_argument("--phase-split", default="0.6,0.1,0.3", help="shares of the budget for the three phases")
+    o.add_argument("--loss", choices=("dbsn", "nll"), default="dbsn", help="constrained DBSN loss or plain NLL")
+    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--patch-size", type=int, default=96)
+    o.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the D-BSN")
+    o.add_argument("--lr-heads", type=float, default=3e-3, help="Adam learning rate of the two heads")
+    o.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the D-BSN")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
+    o.add_argument("--val-every", type=int, default=200)
+    o.add_argument("--save-every", type=int, default=500)
+    o.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
+    t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
+
+    e = sub.add_parser("evaluate", help="the paper's protocol on clean images with seed-0 synthetic noise")
+    e.add_argument("--model", required=True, help="checkpoint (.pt) or weights (.safetensors)")
+    e.add_argument("--clean", required=True, help="folder of clean test images")
+    e.add_argument("--noise", required=True, help="noise spec, e.g. awgn:25 or hg:40,10")
+    e.add_argument("--json", help="write the results to this JSON file")
+    e.add_argument("--gamma", type=float, default=1.0, help="factor on the noise covariance in the fusion")
+    e.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("denoise", help="denoise image files (PNG, JPEG, TIFF; 8 or 16 bits)")
+    d.add_argument("inputs", nargs="+", help="image files or folders")
+    d.add_argument("-o", "--out", required=True, help="output folder (never an input file)")
+    d.add_argument("--model", required=True, help="checkpoint (.pt) or weights (.safetensors)")
+    d.add_argument("--noise-map", action="store_true", help="also write <name>_std_n.tiff (0-255 units)")
+    d.add_argument("--reference", help="folder of clean images with the same names: print PSNR")
+    d.add_argument("--gamma", type=float, default=1.0)
+
+    demo = sub.add_parser("demo", help="train briefly on the bundled noisy images, denoise them, print PSNR")
+    demo.add_argument("-o", "--out", default="dbsn-demo", help="folder for the run and the outputs")
+    demo.add_argument("--steps", type=int, default=300)
+
+    sub.add_parser("models", help="list the registered model names")
+    return parser
+
+
+def _train_options(args: argparse.Namespace):
+    from .train import TrainOptions
+
+    model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode))
+                    if v is not None}
+    try:
+        split = tuple(float(s) for s in args.phase_split.split(","))
+    except ValueError:
+        raise ValueError(f"--phase-split takes three numbers like 0.6,0.1,0.3, got {args.phase_split!r}") from None
+    names = {f.name for f in fields(TrainOptions)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    given.update(model_kwargs=model_kwargs, phase_split=split)
+    return TrainOptions(**given)
+
+
+def cmd_train(args) -> int:
+    from .train import TrainOptions, read_checkpoint, train
+
+    if args.resume:
+        ckpt = Path(args.out) / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise ValueError(f"--resume: no checkpoint at {ckpt}")
+        stored = json.loads(read_checkpoint(ckpt)["options"])
+        stored["phase_split"] = tuple(stored["phase_split"])
+        options = TrainOptions(**stored)
+        if args.steps is not None or args.minutes is not None:
+            options.steps, options.minutes = args.steps, args.minutes
+    else:
+        options = _train_options(args)
+    summary = train(options, args.out, resume=args.resume, progress_bar=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "last_validation", "skipped")}, indent=2))
+    print(f"weights: {Path(args.out) / 'model.safetensors'}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from .data.io import atomic_path
+    from .inference import evaluate, format_table, load
+
+    result = evaluate(load(args.model, gamma=args.gamma), args.clean, args.noise, seed=args.seed,
+                      progress_bar=not args.quiet)
+    print(format_table(result))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    return EXIT_FAILED if result["skipped"] else EXIT_OK
+
+
+def _reference_psnr(written: list[Path], reference: str, channels: int) -> list[tuple[str, float]]:
+    import torch
+
+    from .data.io import read_image
+    from .metrics import psnr
+
+    ref_dir, scores = Path(reference), []
+    for out in written:
+        matches = [p for p in ref_dir.glob(out.stem + ".*")]
+        if not matches or out.name.endswith("_std_n.tiff"):
+            continue
+        x, _ = read_image(matches[0], channels=channels)
+        x_hat, _ = read_image(out, channels=channels)
+        scores.append((out.name, psnr(torch.from_numpy(x_hat), torch.from_numpy(x))))
+    return scores
+
+
+def cmd_denoise(args) -> int:
+    from .inference import denoise_files, load
+
+    denoiser = load(args.model, gamma=args.gamma)
+    result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet)
+    for path in result.written:
+        print(f"wrote {path}")
+    if args.reference:
+        scores = _reference_psnr(result.written, args.reference, denoiser.channels)
+        for name, value in scores:
+            print(f"PSNR {name}: {value:.2f} dB")
+        if scores:
+            print(f"PSNR mean over {len(scores)} images: {sum(v for _, v in scores) / len(scores):.2f} dB")
+    if result.failed:
+        print(f"{len(result.failed)} of {len(result.failed) + len(result.written)} inputs failed:", file=sys.stderr)
+        for path, reason in result.failed:
+            print(f"  {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, steps=args.steps, progress_bar=not args.quiet)
+
+
+def cmd_models(args) -> int:
+    from .nn import list_models
+    from .nn.registry import model_defaults
+
+    for name in list_models():
+        print(name, " ".join(f"{k}={v}" for k, v in model_defaults(name).items()))
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "denoise": cmd_denoise, "demo": cmd_demo,
+            "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 some inputs failed, 2 bad usage or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dbsn: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"dbsn {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dbsn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Image files, folders of images, and training patches."""
+
+from .io import ImageInfo, ImageReadError, atomic_path, list_images, read_image, write_image
+from .patches import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+
+__all__ = [
+    "ImageFolder",
+    "ImageInfo",
+    "ImageReadError",
+    "PatchSampler",
+    "atomic_path",
+    "list_images",
+    "load_folder",
+    "read_image",
+    "seeded_generator",
+    "split_validation",
+    "write_image",
+]

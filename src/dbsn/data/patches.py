@@ -1,0 +1,149 @@
+"""Folders of images in memory, and random training patches drawn with an explicit generator."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..noise import NoiseModel
+from .io import ImageReadError, convert_channels, list_images, read_image
+
+log = logging.getLogger("dbsn")
+
+
+@dataclass
+class ImageFolder:
+    """Images of one folder as float32 tensors ``(C, H, W)``, all with the same channel count."""
+
+    paths: list[Path]
+    images: list[torch.Tensor]
+    channels: int
+    skipped: list[tuple[Path, str]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_folder(folder: str | os.PathLike, channels: int | None = None) -> ImageFolder:
+    """Read every image of ``folder``; unreadable files are logged and skipped.
+
+    Args:
+        channels: 1 or 3 to convert every image; None gives gray if every image is
+            gray and colour otherwise.
+
+    Raises:
+        ValueError: when the folder holds no readable image.
+    """
+    paths = list_images(folder)
+    arrays, kept, skipped = [], [], []
+    for p in paths:
+        try:
+            array, _ = read_image(p)
+        except ImageReadError as err:
+            log.warning("skipping %s", err)
+            skipped.append((p, str(err)))
+            continue
+        arrays.append(array)
+        kept.append(p)
+    if not arrays:
+        raise ValueError(f"no readable image in {str(folder)!r} (looked for .png, .jpg, .tif and .bmp files)")
+    if channels is None:
+        channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
+    images = [torch.from_numpy(convert_channels(a, channels)) for a in arrays]
+    return ImageFolder(kept, images, channels, skipped)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips and transposes of square patches ``(..., H, W)``."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect-pad ``(C, H, W)`` up to ``size`` where an image is smaller than a patch."""
+    ph, pw = max(0, size - x.shape[-2]), max(0, size - x.shape[-1])
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
+
+
+class PatchSampler:
+    """Random square patches with flips and transposes.
+
+    Either ``noisy`` images are given (real noisy images, or clean images with one
+    fixed noisy realisation each), optionally with their aligned ``clean`` versions;
+    or only ``clean`` images and a ``noise`` model, which draws fresh noise for every
+    batch. All randomness comes from ``generator``.
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        batch_size: int,
+        generator: torch.Generator,
+        noisy: list[torch.Tensor] | None = None,
+        clean: list[torch.Tensor] | None = None,
+        noise: NoiseModel | None = None,
+    ):
+        if noisy is None and (clean is None or noise is None):
+            raise ValueError("give noisy images, or clean images together with a noise model")
+        if noisy is not None and clean is not None and len(noisy) != len(clean):
+            raise ValueError(f"{len(noisy)} noisy but {len(clean)} clean images: they must be aligned")
+        base = noisy if noisy is not None else clean
+        if not base:
+            raise ValueError("no images to sample patches from")
+        self.noisy, self.clean, self.noise = noisy, clean, noise
+        self.patch_size, self.batch_size, self.generator = patch_size, batch_size, generator
+        self._stacks = [self._padded(i) for i in range(len(base))]
+        areas = torch.tensor([float(s.shape[-2] * s.shape[-1]) for s in self._stacks])
+        self._weights = areas / areas.sum()
+
+    def _padded(self, i: int) -> torch.Tensor:
+        parts = [t[i] for t in (self.noisy, self.clean) if t is not None]
+        return _pad_to(torch.cat(parts, dim=0), self.patch_size)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images."""
+        g, p = self.generator, self.patch_size
+        idx = torch.multinomial(self._weights, self.batch_size, replacement=True, generator=g)
+        patches = []
+        for i in idx.tolist():
+            s = self._stacks[i]
+            top = int(torch.randint(0, s.shape[-2] - p + 1, (1,), generator=g))
+            left = int(torch.randint(0, s.shape[-1] - p + 1, (1,), generator=g))
+            k = int(torch.randint(0, 8, (1,), generator=g))
+            patches.append(dihedral(s[:, top : top + p, left : left + p], k))
+        batch = torch.stack(patches)
+        if self.noisy is None:
+            return self.noise.add(batch, g), batch
+        c = self.noisy[0].shape[0]
+        return batch[:, :c].contiguous(), (batch[:, c:].contiguous() if self.clean is not None else None)
+
+
+def split_validation(n_images: int, fraction: float, generator: torch.Generator) -> tuple[list[int], list[int]]:
+    """Indices ``(train, val)``: a random ``fraction`` of the images is held out (none if fewer than 4)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(n_images * fraction)) if n_images >= 4 else 0
+    order = torch.randperm(n_images, generator=generator).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+__all__ = ["ImageFolder", "PatchSampler", "dihedral", "load_folder", "seeded_generator", "split_validation"]

@@ -1,0 +1,75 @@
+"""Training losses of DBSN stage 1 (METHOD.md section 3).
+
+Each function returns a scalar, the mean over pixels and channels. All are finite
+by construction: variances are floored and 3x3 systems are solved by Cholesky,
+so no term can overflow and nothing is zeroed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import linalg
+
+LOSSES = ("l2", "nll", "dbsn")
+
+
+def l2_loss(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """``mean((mu - y)^2)``: pre-training of ``mu``, valid because the network is blind."""
+    return torch.mean((mu - y) ** 2)
+
+
+def _gaussian_terms(y, mu, s_mu, s_n):
+    """Per-pixel ``(r^T S^-1 r, log|S|, log|cov_n|, tr(cov_n^-1 cov_mu))`` summed over channels."""
+    if linalg.is_cov(s_mu) != linalg.is_cov(s_n):
+        raise ValueError("s_mu and s_n must both be variances or both be covariances")
+    r = y - mu
+    if not linalg.is_cov(s_mu):
+        var_mu = s_mu.clamp_min(0)
+        var_n = s_n.clamp_min(linalg.VAR_FLOOR)
+        var = var_mu + var_n
+        return (
+            (r**2 / var).sum(1),
+            torch.log(var).sum(1),
+            torch.log(var_n).sum(1),
+            (var_mu / var_n).sum(1),
+        )
+    cov_mu, cov_n = linalg.to_matrix(s_mu), linalg.to_matrix(s_n)
+    chol_s = linalg.cholesky(cov_mu + cov_n)
+    rv = linalg.to_vector(r)
+    quad = (rv * linalg.cholesky_solve(chol_s, rv)).sum((-2, -1))
+    chol_n = linalg.cholesky(cov_n)
+    trace = torch.diagonal(linalg.cholesky_solve(chol_n, cov_mu), dim1=-2, dim2=-1).sum(-1)
+    return quad, linalg.logdet_from_cholesky(chol_s), linalg.logdet_from_cholesky(chol_n), trace
+
+
+def _mean(per_pixel: torch.Tensor, channels: int) -> torch.Tensor:
+    return per_pixel.mean() / channels
+
+
+def nll_loss(y, mu, s_mu, s_n) -> torch.Tensor:
+    r"""Negative log-likelihood ``1/2 r^T S^-1 r + 1/2 log|S|`` with ``S = cov_mu + cov_n``, ``r = y - mu``.
+
+    The constant ``C/2 log(2 pi)`` is left out.
+    """
+    quad, logdet_s, _, _ = _gaussian_terms(y, mu, s_mu, s_n)
+    return _mean(0.5 * (quad + logdet_s), y.shape[1])
+
+
+def dbsn_loss(y, mu, s_mu, s_n) -> torch.Tensor:
+    r"""The paper's constrained loss, an upper bound of the NLL.
+
+    ``1/2 r^T S^-1 r + 1/2 log|cov_n| + 1/2 tr(cov_n^-1 cov_mu)``. The trace term
+    stops ``cov_mu`` from absorbing the noise, which ``y`` alone cannot tell apart.
+    """
+    quad, _, logdet_n, trace = _gaussian_terms(y, mu, s_mu, s_n)
+    return _mean(0.5 * (quad + logdet_n + trace), y.shape[1])
+
+
+def gaussian_loss(name: str, y, mu, s_mu, s_n) -> torch.Tensor:
+    """Dispatch to ``nll_loss`` or ``dbsn_loss`` by name."""
+    if name == "nll":
+        return nll_loss(y, mu, s_mu, s_n)
+    if name == "dbsn":
+        return dbsn_loss(y, mu, s_mu, s_n)
+    raise ValueError(f"unknown loss {name!r}; expected 'nll' or 'dbsn'")

@@ -1,0 +1,18 @@
+"""Networks: centre-masked convolutions, the D-BSN, its heads, and a registry."""
+
+from .bsn import DBSN
+from .heads import NoiseEstimator, VarMuHead
+from .masked import CentreMaskedConv2d
+from .registry import create_model, list_models, register_model
+from .stage1 import DBSNModel
+
+__all__ = [
+    "CentreMaskedConv2d",
+    "DBSN",
+    "DBSNModel",
+    "NoiseEstimator",
+    "VarMuHead",
+    "create_model",
+    "list_models",
+    "register_model",
+]

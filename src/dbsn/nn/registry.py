@@ -1,0 +1,51 @@
+"""A plain model registry: ``create_model(name, **kwargs)`` over registered variants."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, dict] = {}
+
+
+def register_model(name: str, **defaults):
+    """Register ``factory`` under ``name``; ``defaults`` are its keyword arguments unless overridden."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        _DEFAULTS[name] = dict(defaults)
+        return factory
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def model_defaults(name: str) -> dict:
+    _check(name)
+    return dict(_DEFAULTS[name])
+
+
+def _check(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model. Keyword arguments override the variant's defaults.
+
+    The model remembers ``name`` and its full keyword arguments in ``model.config``,
+    which is what checkpoints store to rebuild it.
+    """
+    _check(name)
+    config = {**_DEFAULTS[name], **kwargs}
+    model = _REGISTRY[name](**config)
+    model.config = {"name": name, **config}
+    return model

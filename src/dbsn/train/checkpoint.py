@@ -1,0 +1,81 @@
+"""Checkpoints that carry their configuration, written atomically.
+
+Two formats:
+
+- ``*.pt``: a training checkpoint (weights, optimizer, step, generator state and
+  the run configuration), read back with ``torch.load(weights_only=True)``.
+- ``*.safetensors``: weights only, with the model configuration as JSON metadata.
+  No pickle; this is the format to share.
+
+Either one rebuilds its model with :func:`load_model` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.io import atomic_path
+from ..nn import create_model
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
+    """Write ``{"format", "config", "model", **extra}`` to ``path`` atomically."""
+    payload = {"format": FORMAT_VERSION, "config": dict(model.config), "model": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None) -> Path:
+    """Write the weights as safetensors with the model configuration in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": str(FORMAT_VERSION), "config": json.dumps(model.config)}
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a ``.pt`` checkpoint or a ``.safetensors`` file as ``{"config", "model", ...}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        if "config" not in meta:
+            raise ValueError(f"{path}: no model configuration in its metadata; was it written by dbsn?")
+        extra = {k: json.loads(v) for k, v in meta.items() if k not in ("config", "format")}
+        return {"config": json.loads(meta["config"]), "model": state, **extra}
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable dbsn checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
+        raise ValueError(f"{path}: not a dbsn checkpoint (no 'config' and 'model' entries)")
+    return payload
+
+
+def model_from_payload(payload: dict) -> nn.Module:
+    config = dict(payload["config"])
+    model = create_model(config.pop("name"), **config)
+    model.load_state_dict(payload["model"])
+    return model
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model from a checkpoint or safetensors file, in eval mode on the CPU."""
+    return model_from_payload(read_checkpoint(path)).eval()

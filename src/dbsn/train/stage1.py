@@ -1,0 +1,330 @@
+"""Self-supervised training of the stage-1 model (METHOD.md section 3).
+
+One plain loop. The budget is a number of steps or of minutes; the learning rate
+and the phase follow the *progress*, the fraction of the budget used so far.
+
+Schedules:
+
+- ``"three-phase"`` (the authors' advice): pre-train ``mu`` with the L2 loss, then
+  the two heads with ``mu`` frozen (cheap steps: no backward pass through the
+  D-BSN), then everything jointly. ``phase_split`` gives each phase's share.
+- ``"joint"`` (the official gray script): everything jointly from the start.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import losses
+from ..data import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from ..data.io import atomic_path
+from ..metrics import psnr
+from ..nn import create_model
+from ..nn.stage1 import NOISE_MODELS
+from ..noise import parse_noise
+from .checkpoint import read_checkpoint, save_checkpoint, save_weights
+
+log = logging.getLogger("dbsn")
+
+SCHEDULES = ("three-phase", "joint")
+PRECISIONS = ("fp32", "bf16")
+LOG_FIELDS = ["step", "phase", "loss", "lr", "elapsed_s", "val_nll", "val_psnr_mu", "val_psnr", "noise_std_est"]
+
+
+@dataclass
+class TrainOptions:
+    """Everything a stage-1 run needs; stored in its checkpoints."""
+
+    noisy: str | None = None
+    clean: str | None = None
+    noise: str | None = None
+    fixed_noise: bool = False
+    channels: int | None = None
+    model: str = "dbsn_small"
+    model_kwargs: dict = field(default_factory=dict)
+    noise_model: str | None = None
+    schedule: str = "three-phase"
+    phase_split: tuple[float, float, float] = (0.6, 0.1, 0.3)
+    loss: str = "dbsn"
+    steps: int | None = None
+    minutes: float | None = None
+    batch_size: int = 8
+    patch_size: int = 96
+    lr: float = 3e-4
+    lr_heads: float = 3e-3
+    seed: int = 0
+    precision: str = "fp32"
+    val_fraction: float = 0.1
+    val_patches: int = 16
+    val_every: int = 200
+    save_every: int = 500
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with what to change when options do not fit together."""
+        if self.noisy is None and self.clean is None:
+            raise ValueError("give --noisy DIR (real noisy images) or --clean DIR --noise SPEC (synthetic noise)")
+        if self.noisy is not None and self.clean is not None:
+            raise ValueError("--noisy and --clean are two different modes; give one of them")
+        if self.clean is not None and self.noise is None:
+            raise ValueError("--clean needs --noise SPEC, e.g. --noise awgn:25")
+        if self.noisy is not None and (self.noise is not None or self.fixed_noise):
+            raise ValueError("--noise and --fixed-noise only apply to --clean; real noisy images get no extra noise")
+        if self.noise is not None:
+            parse_noise(self.noise)
+        if (self.steps is None) == (self.minutes is None):
+            raise ValueError("give exactly one budget: --steps N or --minutes M")
+        if (self.steps is not None and self.steps < 1) or (self.minutes is not None and self.minutes <= 0):
+            raise ValueError("the budget must be positive")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.loss not in ("nll", "dbsn"):
+            raise ValueError(f"loss must be 'nll' or 'dbsn', got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
+            raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:
+            raise ValueError(f"phase split needs three non-negative shares, got {self.phase_split}")
+        if self.patch_size < 8 or self.batch_size < 1:
+            raise ValueError("patch size must be at least 8 and batch size at least 1")
+
+    def resolved_noise_model(self) -> str:
+        """The head configuration: given, else the kind of ``--noise``, else ``"hg"`` for real noise."""
+        if self.noise_model is not None:
+            return self.noise_model
+        return parse_noise(self.noise).kind if self.noise is not None else "hg"
+
+
+@dataclass
+class Phase:
+    name: str  # "mu", "heads" or "joint"
+    progress: float  # within the phase, 0 to 1
+
+
+def phase_at(options: TrainOptions, progress: float) -> Phase:
+    if options.schedule == "joint":
+        return Phase("joint", progress)
+    shares = torch.tensor(options.phase_split, dtype=torch.float64)
+    bounds = (shares.cumsum(0) / shares.sum()).tolist()
+    start = 0.0
+    for name, end in zip(("mu", "heads", "joint"), bounds):
+        if progress < end or name == "joint":
+            span = max(end - start, 1e-12)
+            return Phase(name, min(max((progress - start) / span, 0.0), 1.0))
+        start = end
+    raise AssertionError("unreachable")
+
+
+def cosine(q: float, floor: float = 0.05) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
+
+
+class Stage1Data:
+    """Training sampler and fixed validation patches for one run."""
+
+    def __init__(self, options: TrainOptions, generator: torch.Generator):
+        folder = load_folder(options.noisy or options.clean, options.channels)
+        self.folder: ImageFolder = folder
+        self.channels = folder.channels
+        clean = noisy = None
+        noise = parse_noise(options.noise) if options.noise else None
+        if options.noisy is not None:
+            noisy = folder.images
+        else:
+            clean = folder.images
+            if options.fixed_noise:
+                noisy = [noise.add_protocol(x, seed=0) for x in clean]
+        train_idx, val_idx = split_validation(len(folder), options.val_fraction, generator)
+        pick = lambda items, idx: None if items is None else [items[i] for i in idx]  # noqa: E731
+        self.sampler = PatchSampler(
+            options.patch_size, options.batch_size, generator,
+            noisy=pick(noisy, train_idx), clean=pick(clean, train_idx), noise=noise,
+        )
+        held_out = val_idx or train_idx
+        val_gen = seeded_generator(options.seed + 1)
+        val_sampler = PatchSampler(
+            options.patch_size, options.val_patches, val_gen,
+            noisy=pick(noisy, held_out), clean=pick(clean, held_out), noise=noise,
+        )
+        self.val_y, self.val_x = val_sampler.sample()
+        self.n_train, self.n_val = len(train_idx), len(val_idx)
+
+
+def _progress(options: TrainOptions, step: int, elapsed: float) -> float:
+    if options.steps is not None:
+        return step / options.steps
+    return elapsed / (60.0 * options.minutes)
+
+
+def _autocast(options: TrainOptions, device: torch.device):
+    if options.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _memory_format(device: torch.device):
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+@torch.no_grad()
+def validate(model, data: Stage1Data, device: torch.device) -> dict:
+    """NLL on the validation patches; PSNR of ``mu`` and ``x_hat`` when clean patches exist."""
+    model.eval()
+    y = data.val_y.to(device, memory_format=_memory_format(device))
+    out = model(y)
+    s_mu = out.get("cov_mu", out["var_mu"])
+    s_n = out.get("cov_n", out["var_n"])
+    result = {
+        "val_nll": losses.nll_loss(y, out["mu"], s_mu, s_n).item(),
+        "noise_std_est": 255.0 * out["var_n"].clamp_min(0).sqrt().mean().item(),
+    }
+    if data.val_x is not None:
+        x = data.val_x.to(device)
+        result["val_psnr_mu"] = psnr(out["mu"].clamp(0, 1), x)
+        result["val_psnr"] = psnr(out["x_hat"].clamp(0, 1), x)
+    model.train()
+    return result
+
+
+def train_step(model, optimizer, options: TrainOptions, phase: Phase, y: torch.Tensor, device) -> float:
+    """One optimisation step of the given phase; returns the loss."""
+    with _autocast(options, device):
+        if phase.name == "heads":
+            with torch.no_grad():
+                mu, f = model.bsn(y)
+        else:
+            mu, f = model.bsn(y)
+    mu, f = mu.float(), f.float()
+    if phase.name == "mu":
+        loss = losses.l2_loss(y, mu)
+    else:
+        s_mu, s_n = model.uncertainty(y, mu, f)
+        loss = losses.gaussian_loss(options.loss, y, mu, s_mu, s_n)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _set_lr(optimizer, options: TrainOptions, phase: Phase) -> float:
+    scale = cosine(phase.progress)
+    if options.schedule == "three-phase" and phase.name == "joint":
+        scale *= 0.3  # fine-tuning after the two pre-training phases
+    bsn_group, head_group = optimizer.param_groups
+    bsn_group["lr"] = options.lr * scale if phase.name != "heads" else 0.0
+    head_group["lr"] = options.lr_heads * scale if phase.name != "mu" else 0.0
+    return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
+
+
+def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
+    """Train a stage-1 model into ``out_dir``; returns a summary.
+
+    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``model.safetensors`` (final
+    weights), ``log.csv`` and ``run.json``.
+    """
+    from tqdm import tqdm
+
+    options.validate()
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = read_checkpoint(ckpt_path)
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(options.device)
+    generator = seeded_generator(options.seed)
+    data = Stage1Data(options, generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
+        model = create_model(
+            options.model, in_channels=data.channels,
+            noise_model=options.resolved_noise_model(), **options.model_kwargs,
+        )
+    model.to(device, memory_format=_memory_format(device)).train()
+    optimizer = torch.optim.Adam(
+        [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
+    )
+    step, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
+
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+    if new_log:
+        writer.writeheader()
+
+    def checkpoint():
+        save_checkpoint(
+            ckpt_path, model, optimizer=optimizer.state_dict(), generator=generator.get_state(),
+            step=step, elapsed_s=elapsed, options=json.dumps(asdict(options)),
+        )
+
+    total = options.steps if options.steps is not None else int(60 * options.minutes)
+    bar = tqdm(total=total, initial=min(step, total) if options.steps else int(elapsed), unit="step" if options.steps else "s",
+               disable=not progress_bar, dynamic_ncols=True)
+    last_val: dict = {}
+    phase = phase_at(options, _progress(options, step, elapsed))
+    try:
+        while _progress(options, step, elapsed) < 1.0:
+            t0 = time.perf_counter()
+            phase = phase_at(options, _progress(options, step, elapsed))
+            lr = _set_lr(optimizer, options, phase)
+            y, _ = data.sampler.sample()
+            y = y.to(device, memory_format=_memory_format(device))
+            loss = train_step(model, optimizer, options, phase, y, device)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
+            step += 1
+            row = {"step": step, "phase": phase.name, "loss": f"{loss:.6g}", "lr": f"{lr:.3g}"}
+            end_now = _progress(options, step, elapsed + time.perf_counter() - t0) >= 1.0
+            if step % options.val_every == 0 or end_now:
+                last_val = validate(model, data, device)
+                row.update({k: f"{v:.6g}" for k, v in last_val.items()})
+            elapsed += time.perf_counter() - t0
+            row["elapsed_s"] = f"{elapsed:.2f}"
+            writer.writerow(row)
+            if step % options.save_every == 0:
+                log_file.flush()
+                checkpoint()
+            bar.set_postfix(phase=phase.name, loss=f"{loss:.4g}",
+                            **({"std_n": f"{last_val['noise_std_est']:.1f}"} if last_val else {}))
+            bar.update(1 if options.steps else int(elapsed) - bar.n)
+    finally:
+        bar.close()
+        log_file.close()
+    checkpoint()
+    save_weights(out / "model.safetensors", model.eval())
+    summary = {
+        "steps": step, "elapsed_s": round(elapsed, 1), "images_train": data.n_train, "images_val": data.n_val,
+        "skipped": [str(p) for p, _ in data.folder.skipped], "channels": data.channels,
+        "model": model.config, "last_validation": last_val, "options": asdict(options),
+    }
+    with atomic_path(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
