@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import linalg
 from ..fusion import bayes_fusion
-from .bsn import DBSN
+from .bsn import DBSN, DilatedInceptionBlock
 from .heads import NoiseEstimator, VarMuHead
 from .registry import register_model
 
@@ -49,6 +49,12 @@ class DBSNModel(nn.Module):
         self.noise_estimator = NoiseEstimator(in_channels, form, head_width)
         _kaiming_init(self.bsn)
         _kaiming_init(self.var_mu_head)
+        for block in self.bsn.modules():
+            if isinstance(block, DilatedInceptionBlock):
+                # Kaiming alone doubles the activation variance at every residual add
+                # (output std near 25 at the paper size); starting each residual branch
+                # at zero keeps mu and f near the data's scale from the first step.
+                nn.init.zeros_(block.merge[0].weight)
 
     @property
     def radius(self) -> int:

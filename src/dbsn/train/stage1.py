@@ -306,6 +306,7 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
             if step % options.val_every == 0 or end_now:
                 last_val = validate(model, data, device)
                 row.update({k: f"{v:.6g}" for k, v in last_val.items()})
+                log_file.flush()
             elapsed += time.perf_counter() - t0
             row["elapsed_s"] = f"{elapsed:.2f}"
             writer.writerow(row)

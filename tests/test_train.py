@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dbsn.data import PatchSampler, seeded_generator
+from dbsn.data.patches import dihedral
+from dbsn.metrics import psnr
+from dbsn.train import TrainOptions, load_model, read_checkpoint, train
+from dbsn.train.stage1 import phase_at
+
+from .conftest import smooth_image
+
+
+def _options(**kw):
+    base = dict(model="dbsn_tiny", steps=40, batch_size=8, patch_size=32, lr=1e-3, val_every=20,
+                save_every=1000, val_fraction=0.0, val_patches=8)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _clean_folder(path, n=4, size=48):
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(np.round(smooth_image(rng, size)[0] * 255).astype(np.uint8)).save(path / f"c{i}.png")
+    return path
+
+
+def test_learning_smoke_raises_psnr(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    summary = train(_options(clean=str(clean), noise="awgn:25", steps=150), str(tmp_path / "run"),
+                    progress_bar=False)
+    val = summary["last_validation"]
+    noisy_psnr = 20.2  # AWGN std 25 on [0, 1] images: 20*log10(255/25)
+    assert val["val_psnr_mu"] > noisy_psnr + 3
+    assert val["val_psnr"] > noisy_psnr + 1
+
+
+def test_noise_estimator_reaches_the_level_quickly():
+    # with the default head learning rate CNN_est must go from 4.9 to 25 within a few hundred steps
+    from dbsn.losses import dbsn_loss
+    from dbsn.nn import NoiseEstimator
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    estimator = NoiseEstimator(1, "diag", 16)
+    opt = torch.optim.Adam(estimator.parameters(), lr=TrainOptions().lr_heads)
+    x = torch.rand(8, 1, 32, 32, generator=g)
+    for _ in range(300):
+        y = x + 25 / 255 * torch.randn(x.shape, generator=g)
+        var_n = estimator(y, average=True)
+        loss = dbsn_loss(y, x, torch.zeros_like(y), var_n)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(var_n.sqrt().mean().item() * 255 - 25) < 2.5
+
+
+def test_same_seed_same_weights_and_resume(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    opts = dict(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=6)
+    train(_options(**opts), str(tmp_path / "a"), progress_bar=False)
+    train(_options(**opts), str(tmp_path / "b"), progress_bar=False)
+    a = read_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = read_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    summary = train(_options(**{**opts, "steps": 9}), str(tmp_path / "a"), resume=True, progress_bar=False)
+    state = read_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert summary["steps"] == 9 and state["step"] == 9
+    assert json.loads(state["options"])["steps"] == 9
+    rows = (tmp_path / "a" / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 9
+    assert not all(torch.equal(a[k], state["model"][k]) for k in a)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_options(**opts), str(tmp_path / "a"), progress_bar=False)
+
+
+@pytest.mark.parametrize("suffix", ["checkpoint.pt", "model.safetensors"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    clean = _clean_folder(tmp_path / "clean")
+    train(_options(clean=str(clean), noise="hg:40,10", fixed_noise=True, steps=3), str(tmp_path / "r"),
+          progress_bar=False)
+    model = load_model(tmp_path / "r" / suffix)
+    assert model.config["name"] == "dbsn_tiny" and model.config["noise_model"] == "hg"
+    again = load_model(tmp_path / "r" / "checkpoint.pt")
+    y = torch.rand(1, 1, 21, 23)
+    with torch.no_grad():
+        out_a, out_b = model(y), again(y)
+    for k in out_a:
+        assert torch.equal(out_a[k], out_b[k])
+
+
+def test_patch_sampler_is_seeded_and_aligned():
+    rng = np.random.default_rng(0)
+    clean = [torch.from_numpy(smooth_image(rng, 40)) for _ in range(3)]
+    noisy = [x + 0.1 for x in clean]
+    a = PatchSampler(16, 4, seeded_generator(1), noisy=noisy, clean=clean).sample()
+    b = PatchSampler(16, 4, seeded_generator(1), noisy=noisy, clean=clean).sample()
+    assert torch.equal(a[0], b[0]) and torch.allclose(a[0], a[1] + 0.1)
+    small = PatchSampler(32, 2, seeded_generator(0), noisy=[torch.rand(1, 20, 9)]).sample()[0]
+    assert small.shape == (2, 1, 32, 32)
+
+
+def test_dihedral_gives_eight_distinct_views():
+    x = torch.arange(9.0).view(1, 3, 3)
+    views = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
+    assert len(views) == 8
+
+
+def test_three_phase_boundaries():
+    opts = _options(phase_split=(0.6, 0.1, 0.3))
+    assert phase_at(opts, 0.0).name == "mu"
+    assert phase_at(opts, 0.65).name == "heads"
+    assert phase_at(opts, 0.7).name == "joint"
+    assert phase_at(_options(schedule="joint"), 0.0).name == "joint"
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(), "--noisy DIR"),
+        (dict(clean="x"), "--noise"),
+        (dict(noisy="x", noise="awgn:25"), "only apply to --clean"),
+        (dict(noisy="x", steps=None), "exactly one budget"),
+        (dict(noisy="x", loss="mse"), "loss"),
+    ],
+)
+def test_options_explain_mistakes(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _options(**kw).validate()
+
+
+def test_psnr_reference_value():
+    x = torch.zeros(1, 4, 4)
+    assert abs(psnr(x + 0.1, x) - 20.0) < 1e-9
