@@ -5,7 +5,7 @@ import dbsn
 from dbsn.nn import CentreMaskedConv2d
 from dbsn.nn.registry import model_defaults
 
-CONFIGS = [(name, c, nm) for name in dbsn.list_models() for c, nm in ((1, "awgn"), (3, "awgn"), (1, "hg"), (3, "mg"))]
+CONFIGS = [(name, c, nm) for name in dbsn.list_models(kind="blind-spot") for c, nm in ((1, "awgn"), (3, "awgn"), (1, "hg"), (3, "mg"))]
 
 
 def _gradients_at(model, channels, key="mu", size=23):

@@ -1,4 +1,4 @@
-"""Command line: ``dbsn train | evaluate | denoise | demo | models``. Parse, then call one library function."""
+"""Command line: ``dbsn train | distill | evaluate | denoise | demo | models``. Parse, then call one library function."""
 
 from __future__ import annotations
 
@@ -62,6 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
 
+    k = sub.add_parser("distill", help="stage 2: distil a stage-1 model into a fast ordinary denoiser")
+    k.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
+    k.add_argument("--teacher", help="stage-1 checkpoint or weights from `dbsn train`")
+    k.add_argument("--noisy", help="folder of real noisy images (targets: the teacher's x_hat)")
+    k.add_argument("--clean", nargs="+", help="one or more folders of clean images, unpaired with --noisy")
+    k.add_argument("--student", default="unet_small", help="student model name (see `dbsn models`)")
+    k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
+    k.add_argument("--depth", type=int, help="student conv layers per level")
+    _budget(k)
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--patch-size", type=int, default=96)
+    k.add_argument("--noisy-share", type=float, default=0.125, help="share of real noisy patches per batch")
+    k.add_argument("--weight-noisy", type=float, default=0.1, help="loss weight of the real noisy pairs")
+    k.add_argument("--weight-clean", type=float, default=1.0, help="loss weight of the synthetic pairs")
+    k.add_argument("--u-range", default="0.9,1.1", help="range of the per-batch noise scale u")
+    k.add_argument("--lr", type=float, default=1e-3)
+    k.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--val-every", type=int, default=200)
+    k.add_argument("--save-every", type=int, default=500)
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
+
     e = sub.add_parser("evaluate", help="the paper's protocol on clean images with seed-0 synthetic noise")
     e.add_argument("--model", required=True, help="checkpoint (.pt) or weights (.safetensors)")
     e.add_argument("--clean", required=True, help="folder of clean test images")
@@ -91,33 +114,71 @@ def _train_options(args: argparse.Namespace):
 
     model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode))
                     if v is not None}
-    try:
-        split = tuple(float(s) for s in args.phase_split.split(","))
-    except ValueError:
-        raise ValueError(f"--phase-split takes three numbers like 0.6,0.1,0.3, got {args.phase_split!r}") from None
+    split = _numbers(args.phase_split, "--phase-split", 3)
     names = {f.name for f in fields(TrainOptions)}
     given = {k: v for k, v in vars(args).items() if k in names}
     given.update(model_kwargs=model_kwargs, phase_split=split)
     return TrainOptions(**given)
 
 
+def _numbers(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or (count is not None and len(values) != count):
+        raise ValueError(f"{option} takes {count or 'some'} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _resumed_options(cls, args):
+    """The options stored in the run's checkpoint; a new --steps or --minutes replaces the budget."""
+    from .train import read_checkpoint
+
+    ckpt = Path(args.out) / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ValueError(f"--resume: no checkpoint at {ckpt}")
+    stored = json.loads(read_checkpoint(ckpt)["options"])
+    options = cls(**{k: tuple(v) if isinstance(v, list) and k in ("phase_split", "u_range") else v
+                     for k, v in stored.items()})
+    if args.steps is not None or args.minutes is not None:
+        options.steps, options.minutes = args.steps, args.minutes
+    return options
+
+
+def _report(summary: dict, out: str) -> None:
+    print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "last_validation", "skipped")}, indent=2))
+    print(f"weights: {Path(out) / 'model.safetensors'}")
+
+
 def cmd_train(args) -> int:
-    from .train import TrainOptions, read_checkpoint, train
+    from .train import TrainOptions, train
+
+    options = _resumed_options(TrainOptions, args) if args.resume else _train_options(args)
+    _report(train(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
+    return EXIT_OK
+
+
+def cmd_distill(args) -> int:
+    from .train.distill import DistillOptions, distill
 
     if args.resume:
-        ckpt = Path(args.out) / "checkpoint.pt"
-        if not ckpt.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt}")
-        stored = json.loads(read_checkpoint(ckpt)["options"])
-        stored["phase_split"] = tuple(stored["phase_split"])
-        options = TrainOptions(**stored)
-        if args.steps is not None or args.minutes is not None:
-            options.steps, options.minutes = args.steps, args.minutes
+        options = _resumed_options(DistillOptions, args)
     else:
-        options = _train_options(args)
-    summary = train(options, args.out, resume=args.resume, progress_bar=not args.quiet)
-    print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "last_validation", "skipped")}, indent=2))
-    print(f"weights: {Path(args.out) / 'model.safetensors'}")
+        student_kwargs = {}
+        if args.widths:
+            student_kwargs["widths"] = [int(w) for w in _numbers(args.widths, "--widths")]
+        if args.depth is not None:
+            student_kwargs["depth"] = args.depth
+        options = DistillOptions(
+            teacher=args.teacher or "", noisy=args.noisy or "", clean=list(args.clean or []),
+            student=args.student, student_kwargs=student_kwargs, steps=args.steps, minutes=args.minutes,
+            batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
+            weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
+            u_range=_numbers(args.u_range, "--u-range", 2), lr=args.lr, precision=args.precision,
+            seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
+        )
+    _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
     return EXIT_OK
 
 
@@ -180,14 +241,15 @@ def cmd_demo(args) -> int:
 
 def cmd_models(args) -> int:
     from .nn import list_models
-    from .nn.registry import model_defaults
+    from .nn.registry import model_defaults, model_kind
 
     for name in list_models():
-        print(name, " ".join(f"{k}={v}" for k, v in model_defaults(name).items()))
+        defaults = " ".join(f"{k}={v}" for k, v in model_defaults(name).items())
+        print(f"{name:<12} {model_kind(name):<10} {defaults}")
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "denoise": cmd_denoise, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise, "demo": cmd_demo,
             "models": cmd_models}
 
 

@@ -13,6 +13,7 @@ import torch
 
 from .data.io import ImageReadError, list_images, output_suffix, read_image, write_image
 from .metrics import psnr, ssim
+from .nn.registry import model_kind
 from .noise import parse_noise
 from .train.checkpoint import load_model
 
@@ -36,6 +37,11 @@ class Denoiser:
     @property
     def config(self) -> dict:
         return dict(self.model.config)
+
+    @property
+    def is_blind_spot(self) -> bool:
+        """True for a stage-1 model (``mu``, noise estimate and fusion), False for a student."""
+        return model_kind(self.model.config["name"]) == "blind-spot"
 
     def predict(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the model on ``y`` ``(B, C, H, W)`` in [0, 1]; returns its outputs (``x_hat`` clamped to [0, 1])."""
@@ -78,6 +84,8 @@ class Denoiser:
         else:
             result = result.astype(array.dtype if array.dtype != np.float16 else np.float32)
         if return_std_n:
+            if "var_n" not in out:
+                raise ValueError("return_std_n needs a stage-1 model (it carries the noise estimator)")
             return result, std_n_map(out)[0].numpy()
         return result
 
@@ -140,6 +148,8 @@ def denoise_files(
     """
     from tqdm import tqdm
 
+    if noise_map and not denoiser.is_blind_spot:
+        raise ValueError("--noise-map needs a stage-1 model (it carries the noise estimator); this one is a student")
     paths = collect_inputs(inputs)
     out_dir = Path(out_dir)
     input_set = {p.resolve() for p in paths if p.exists()}

@@ -9,9 +9,7 @@ place, so a crash never leaves a half-written image or checkpoint.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +163,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8, alpha
 
             tifffile.imwrite(tmp, pixels, photometric="rgb" if pixels.ndim == 3 else "minisblack")
         elif suffix == ".png" and bits == 16 and pixels.ndim == 3:
-            _write_png16(tmp, pixels)
+            raise ValueError(f"{path}: 16-bit colour is written as TIFF; use a .tif name")
         elif suffix == ".png":
             from PIL import Image
 
@@ -173,21 +171,6 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8, alpha
         else:
             raise ValueError(f"{path}: cannot write {suffix!r}; use .png or .tif")
     return path
-
-
-def _write_png16(path: Path, pixels: np.ndarray) -> None:
-    """A 16-bit RGB(A) PNG, which the image library cannot write (filter 0, zlib level 6)."""
-    h, w, c = pixels.shape
-    colour_type = {3: 2, 4: 6}[c]
-    rows = pixels.astype(">u2").reshape(h, w * c * 2).view(np.uint8)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    with open(path, "wb") as fh:
-        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
 @contextmanager

@@ -115,6 +115,10 @@ class PatchSampler:
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images."""
+        return self.sample_with_index()[:2]
+
+    def sample_with_index(self) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """Like :meth:`sample`, plus the index of the image each patch came from."""
         g, p = self.generator, self.patch_size
         idx = torch.multinomial(self._weights, self.batch_size, replacement=True, generator=g)
         patches = []
@@ -126,9 +130,10 @@ class PatchSampler:
             patches.append(dihedral(s[:, top : top + p, left : left + p], k))
         batch = torch.stack(patches)
         if self.noisy is None:
-            return self.noise.add(batch, g), batch
+            return self.noise.add(batch, g), batch, idx.tolist()
         c = self.noisy[0].shape[0]
-        return batch[:, :c].contiguous(), (batch[:, c:].contiguous() if self.clean is not None else None)
+        aligned = batch[:, c:].contiguous() if self.clean is not None else None
+        return batch[:, :c].contiguous(), aligned, idx.tolist()
 
 
 def split_validation(n_images: int, fraction: float, generator: torch.Generator) -> tuple[list[int], list[int]]:

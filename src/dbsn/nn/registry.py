@@ -8,24 +8,40 @@ from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
+_KINDS: dict[str, str] = {}
+KINDS = ("blind-spot", "student")
 
 
-def register_model(name: str, **defaults):
-    """Register ``factory`` under ``name``; ``defaults`` are its keyword arguments unless overridden."""
+def register_model(name: str, kind: str, **defaults):
+    """Register ``factory`` under ``name``.
+
+    Args:
+        kind: ``"blind-spot"`` (stage-1 models) or ``"student"`` (ordinary denoisers).
+        defaults: keyword arguments of the factory unless overridden.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
         _DEFAULTS[name] = dict(defaults)
+        _KINDS[name] = kind
         return factory
 
     return wrap
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return sorted(_REGISTRY)
+def list_models(kind: str | None = None) -> list[str]:
+    """Names accepted by :func:`create_model`, optionally only those of one kind."""
+    return sorted(n for n in _REGISTRY if kind is None or _KINDS[n] == kind)
+
+
+def model_kind(name: str) -> str:
+    """``"blind-spot"`` or ``"student"``."""
+    _check(name)
+    return _KINDS[name]
 
 
 def model_defaults(name: str) -> dict:

@@ -94,19 +94,19 @@ def _kaiming_init(module: nn.Module) -> None:
                 m.weight.mul_(m.mask)
 
 
-@register_model("dbsn", width=96, blocks=8)
+@register_model("dbsn", kind="blind-spot", width=96, blocks=8)
 def dbsn(**kwargs) -> DBSNModel:
     """The paper size: width 96, 8 blocks per branch, 6.6 M parameters, 101 x 101 receptive field."""
     return DBSNModel(**kwargs)
 
 
-@register_model("dbsn_small", width=48, blocks=4)
+@register_model("dbsn_small", kind="blind-spot", width=48, blocks=4)
 def dbsn_small(**kwargs) -> DBSNModel:
     """A CPU-sized D-BSN: about 13x fewer multiply-adds per pixel than the paper size."""
     return DBSNModel(**kwargs)
 
 
-@register_model("dbsn_tiny", width=16, blocks=2)
+@register_model("dbsn_tiny", kind="blind-spot", width=16, blocks=2)
 def dbsn_tiny(**kwargs) -> DBSNModel:
     """The smallest D-BSN, for tests and quick trials."""
     return DBSNModel(**kwargs)

@@ -13,31 +13,24 @@ Schedules:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
-import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import losses
 from ..data import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
-from ..data.io import atomic_path
 from ..metrics import psnr
 from ..nn import create_model
 from ..nn.stage1 import NOISE_MODELS
 from ..noise import parse_noise
-from .checkpoint import read_checkpoint, save_checkpoint, save_weights
+from .loop import check_budget, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
 PRECISIONS = ("fp32", "bf16")
-LOG_FIELDS = ["step", "phase", "loss", "lr", "elapsed_s", "val_nll", "val_psnr_mu", "val_psnr", "noise_std_est"]
 
 
 @dataclass
@@ -81,10 +74,7 @@ class TrainOptions:
             raise ValueError("--noise and --fixed-noise only apply to --clean; real noisy images get no extra noise")
         if self.noise is not None:
             parse_noise(self.noise)
-        if (self.steps is None) == (self.minutes is None):
-            raise ValueError("give exactly one budget: --steps N or --minutes M")
-        if (self.steps is not None and self.steps < 1) or (self.minutes is not None and self.minutes <= 0):
-            raise ValueError("the budget must be positive")
+        check_budget(self.steps, self.minutes)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in ("nll", "dbsn"):
@@ -125,10 +115,6 @@ def phase_at(options: TrainOptions, progress: float) -> Phase:
     raise AssertionError("unreachable")
 
 
-def cosine(q: float, floor: float = 0.05) -> float:
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
-
-
 class Stage1Data:
     """Training sampler and fixed validation patches for one run."""
 
@@ -160,12 +146,6 @@ class Stage1Data:
         self.n_train, self.n_val = len(train_idx), len(val_idx)
 
 
-def _progress(options: TrainOptions, step: int, elapsed: float) -> float:
-    if options.steps is not None:
-        return step / options.steps
-    return elapsed / (60.0 * options.minutes)
-
-
 def _autocast(options: TrainOptions, device: torch.device):
     if options.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -182,54 +162,73 @@ def _memory_format(device: torch.device):
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-@torch.no_grad()
-def validate(model, data: Stage1Data, device: torch.device) -> dict:
-    """NLL on the validation patches; PSNR of ``mu`` and ``x_hat`` when clean patches exist."""
-    model.eval()
-    y = data.val_y.to(device, memory_format=_memory_format(device))
-    out = model(y)
-    s_mu = out.get("cov_mu", out["var_mu"])
-    s_n = out.get("cov_n", out["var_n"])
-    result = {
-        "val_nll": losses.nll_loss(y, out["mu"], s_mu, s_n).item(),
-        "noise_std_est": 255.0 * out["var_n"].clamp_min(0).sqrt().mean().item(),
-    }
-    if data.val_x is not None:
-        x = data.val_x.to(device)
-        result["val_psnr_mu"] = psnr(out["mu"].clamp(0, 1), x)
-        result["val_psnr"] = psnr(out["x_hat"].clamp(0, 1), x)
-    model.train()
-    return result
+class Stage1Task:
+    """The stage-1 step: the phase and learning rate follow the progress through the budget."""
 
+    log_fields = ["val_nll", "val_psnr_mu", "val_psnr", "noise_std_est"]
 
-def train_step(model, optimizer, options: TrainOptions, phase: Phase, y: torch.Tensor, device) -> float:
-    """One optimisation step of the given phase; returns the loss."""
-    with _autocast(options, device):
-        if phase.name == "heads":
-            with torch.no_grad():
-                mu, f = model.bsn(y)
+    def __init__(self, options: TrainOptions, device: torch.device):
+        self.options, self.device = options, device
+        self.generator = seeded_generator(options.seed)
+        self.data = Stage1Data(options, self.generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
+            model = create_model(
+                options.model, in_channels=self.data.channels,
+                noise_model=options.resolved_noise_model(), **options.model_kwargs,
+            )
+        self.model = model.to(device, memory_format=_memory_format(device))
+        self.optimizer = torch.optim.Adam(
+            [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
+        )
+
+    def step(self, progress: float) -> dict:
+        phase = phase_at(self.options, progress)
+        lr = self._set_lr(phase)
+        y, _ = self.data.sampler.sample()
+        y = y.to(self.device, memory_format=_memory_format(self.device))
+        with _autocast(self.options, self.device):
+            if phase.name == "heads":
+                with torch.no_grad():
+                    mu, f = self.model.bsn(y)
+            else:
+                mu, f = self.model.bsn(y)
+        mu, f = mu.float(), f.float()
+        if phase.name == "mu":
+            loss = losses.l2_loss(y, mu)
         else:
-            mu, f = model.bsn(y)
-    mu, f = mu.float(), f.float()
-    if phase.name == "mu":
-        loss = losses.l2_loss(y, mu)
-    else:
-        s_mu, s_n = model.uncertainty(y, mu, f)
-        loss = losses.gaussian_loss(options.loss, y, mu, s_mu, s_n)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+            s_mu, s_n = self.model.uncertainty(y, mu, f)
+            loss = losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "phase": phase.name, "lr": lr}
 
+    def _set_lr(self, phase: Phase) -> float:
+        scale = cosine(phase.progress)
+        if self.options.schedule == "three-phase" and phase.name == "joint":
+            scale *= 0.3  # fine-tuning after the two pre-training phases
+        bsn_group, head_group = self.optimizer.param_groups
+        bsn_group["lr"] = self.options.lr * scale if phase.name != "heads" else 0.0
+        head_group["lr"] = self.options.lr_heads * scale if phase.name != "mu" else 0.0
+        return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
 
-def _set_lr(optimizer, options: TrainOptions, phase: Phase) -> float:
-    scale = cosine(phase.progress)
-    if options.schedule == "three-phase" and phase.name == "joint":
-        scale *= 0.3  # fine-tuning after the two pre-training phases
-    bsn_group, head_group = optimizer.param_groups
-    bsn_group["lr"] = options.lr * scale if phase.name != "heads" else 0.0
-    head_group["lr"] = options.lr_heads * scale if phase.name != "mu" else 0.0
-    return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """NLL on the validation patches; PSNR of ``mu`` and ``x_hat`` when clean patches exist."""
+        y = self.data.val_y.to(self.device, memory_format=_memory_format(self.device))
+        out = self.model(y)
+        s_mu = out.get("cov_mu", out["var_mu"])
+        s_n = out.get("cov_n", out["var_n"])
+        result = {
+            "val_nll": losses.nll_loss(y, out["mu"], s_mu, s_n).item(),
+            "noise_std_est": 255.0 * out["var_n"].clamp_min(0).sqrt().mean().item(),
+        }
+        if self.data.val_x is not None:
+            x = self.data.val_x.to(self.device)
+            result["val_psnr_mu"] = psnr(out["mu"].clamp(0, 1), x)
+            result["val_psnr"] = psnr(out["x_hat"].clamp(0, 1), x)
+        return result
 
 
 def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
@@ -238,94 +237,11 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``model.safetensors`` (final
     weights), ``log.csv`` and ``run.json``.
     """
-    from tqdm import tqdm
-
     options.validate()
-    out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = read_checkpoint(ckpt_path)
-    elif ckpt_path.exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(options.device)
-    generator = seeded_generator(options.seed)
-    data = Stage1Data(options, generator)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
-        model = create_model(
-            options.model, in_channels=data.channels,
-            noise_model=options.resolved_noise_model(), **options.model_kwargs,
-        )
-    model.to(device, memory_format=_memory_format(device)).train()
-    optimizer = torch.optim.Adam(
-        [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
-    )
-    step, elapsed = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
-
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
-    writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-    if new_log:
-        writer.writeheader()
-
-    def checkpoint():
-        save_checkpoint(
-            ckpt_path, model, optimizer=optimizer.state_dict(), generator=generator.get_state(),
-            step=step, elapsed_s=elapsed, options=json.dumps(asdict(options)),
-        )
-
-    total = options.steps if options.steps is not None else int(60 * options.minutes)
-    bar = tqdm(total=total, initial=min(step, total) if options.steps else int(elapsed), unit="step" if options.steps else "s",
-               disable=not progress_bar, dynamic_ncols=True)
-    last_val: dict = {}
-    phase = phase_at(options, _progress(options, step, elapsed))
-    try:
-        while _progress(options, step, elapsed) < 1.0:
-            t0 = time.perf_counter()
-            phase = phase_at(options, _progress(options, step, elapsed))
-            lr = _set_lr(optimizer, options, phase)
-            y, _ = data.sampler.sample()
-            y = y.to(device, memory_format=_memory_format(device))
-            loss = train_step(model, optimizer, options, phase, y, device)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
-            step += 1
-            row = {"step": step, "phase": phase.name, "loss": f"{loss:.6g}", "lr": f"{lr:.3g}"}
-            end_now = _progress(options, step, elapsed + time.perf_counter() - t0) >= 1.0
-            if step % options.val_every == 0 or end_now:
-                last_val = validate(model, data, device)
-                row.update({k: f"{v:.6g}" for k, v in last_val.items()})
-                log_file.flush()
-            elapsed += time.perf_counter() - t0
-            row["elapsed_s"] = f"{elapsed:.2f}"
-            writer.writerow(row)
-            if step % options.save_every == 0:
-                log_file.flush()
-                checkpoint()
-            bar.set_postfix(phase=phase.name, loss=f"{loss:.4g}",
-                            **({"std_n": f"{last_val['noise_std_est']:.1f}"} if last_val else {}))
-            bar.update(1 if options.steps else int(elapsed) - bar.n)
-    finally:
-        bar.close()
-        log_file.close()
-    checkpoint()
-    save_weights(out / "model.safetensors", model.eval())
-    summary = {
-        "steps": step, "elapsed_s": round(elapsed, 1), "images_train": data.n_train, "images_val": data.n_val,
-        "skipped": [str(p) for p, _ in data.folder.skipped], "channels": data.channels,
-        "model": model.config, "last_validation": last_val, "options": asdict(options),
-    }
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    return summary
+    state = prepare_run(out_dir, resume)
+    task = Stage1Task(options, resolve_device(options.device))
+    data = task.data
+    return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
+        "images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
+        "skipped": [str(p) for p, _ in data.folder.skipped],
+    })

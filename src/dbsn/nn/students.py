@@ -1,0 +1,134 @@
+"""Ordinary (non-blind) denoisers for stage 2: the students that distillation trains.
+
+Both predict the noise residual, ``x_hat = y - net(y)``, work for any channel count
+and any image size (they pad internally to a multiple of their downsampling factor
+and crop back), and return ``{"x_hat": ...}`` like the stage-1 model does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register_model
+
+
+def haar_dwt(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D Haar transform: ``(B, C, H, W) -> (B, 4C, H/2, W/2)`` as ``[LL, LH, HL, HH]``."""
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return 0.5 * torch.cat([a + b + c + d, -a - b + c + d, -a + b - c + d, a - b - c + d], dim=1)
+
+
+def haar_iwt(z: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt`."""
+    ll, lh, hl, hh = torch.chunk(z, 4, dim=1)
+    a = 0.5 * (ll - lh - hl + hh)
+    b = 0.5 * (ll - lh + hl - hh)
+    c = 0.5 * (ll + lh - hl - hh)
+    d = 0.5 * (ll + lh + hl + hh)
+    out = z.new_empty(z.shape[0], z.shape[1] // 4, z.shape[2] * 2, z.shape[3] * 2)
+    out[..., 0::2, 0::2], out[..., 0::2, 1::2] = a, b
+    out[..., 1::2, 0::2], out[..., 1::2, 1::2] = c, d
+    return out
+
+
+def conv_relu(c_in: int, c_out: int, n: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _pad_to_multiple(y: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = y.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        y = F.pad(y, (0, pw, 0, ph), mode=mode)
+    return y, (h, w)
+
+
+class MWCNN(nn.Module):
+    """Multi-level wavelet CNN (Liu et al. 2018): a U-Net whose down- and up-sampling are Haar DWT/IWT.
+
+    Args:
+        in_channels: image channels.
+        widths: feature channels at each wavelet level (paper: 160, 256, 256).
+        depth: 3x3 conv layers per level on each side (paper: 4).
+    """
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (160, 256, 256), depth: int = 4):
+        super().__init__()
+        widths = tuple(widths)
+        self.in_channels, self.levels = in_channels, len(widths)
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        c_prev = in_channels
+        for i, c in enumerate(widths):
+            self.down.append(conv_relu(4 * c_prev, c, depth))
+            up = conv_relu(c, c, depth - 1) if depth > 1 else nn.Identity()
+            self.up.append(nn.Sequential(up, nn.Conv2d(c, 4 * c_prev, 3, padding=1),
+                                         *([] if i == 0 else [nn.ReLU(inplace=True)])))
+            c_prev = c
+
+    def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
+        padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
+        skips, h_ = [], padded
+        for down in self.down:
+            skips.append(h_)
+            h_ = down(haar_dwt(h_))
+        for up, skip in zip(reversed(self.up), reversed(skips)):
+            h_ = haar_iwt(up(h_)) + (skip if skip is not padded else 0)
+        return {"x_hat": y - h_[..., :h, :w]}
+
+
+class UNetSmall(nn.Module):
+    """A light CPU student: a small U-Net with strided-conv down- and transposed-conv up-sampling.
+
+    Most of its work runs at 1/4 and 1/16 of the pixels, so its cost per pixel is a small
+    fraction of the D-BSN's, whose every layer runs at full resolution.
+    """
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2):
+        super().__init__()
+        widths = tuple(widths)
+        self.levels = len(widths) - 1
+        self.inc = conv_relu(in_channels, widths[0], depth)
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 2, stride=2), nn.ReLU(inplace=True),
+                          conv_relu(widths[i + 1], widths[i + 1], depth))
+            for i in range(self.levels)
+        )
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(self.levels))
+        self.decs = nn.ModuleList(conv_relu(2 * widths[i], widths[i], depth) for i in range(self.levels))
+        self.out = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+
+    def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
+        padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
+        skips, f = [], self.inc(padded)
+        for down in self.downs:
+            skips.append(f)
+            f = down(f)
+        for i in reversed(range(self.levels)):
+            f = self.decs[i](torch.cat([self.ups[i](f), skips[i]], dim=1))
+        return {"x_hat": y - self.out(f)[..., :h, :w]}
+
+
+@register_model("mwcnn", kind="student", widths=(160, 256, 256), depth=4)
+def mwcnn(**kwargs) -> MWCNN:
+    """The paper's student: MWCNN with three Haar levels."""
+    return MWCNN(**kwargs)
+
+
+@register_model("mwcnn_small", kind="student", widths=(32, 64, 128), depth=2)
+def mwcnn_small(**kwargs) -> MWCNN:
+    """A CPU-sized MWCNN."""
+    return MWCNN(**kwargs)
+
+
+@register_model("unet_small", kind="student", widths=(32, 64, 128), depth=2)
+def unet_small(**kwargs) -> UNetSmall:
+    """The light CPU student."""
+    return UNetSmall(**kwargs)

@@ -1,0 +1,214 @@
+"""Stage 2: knowledge distillation into an ordinary denoiser (METHOD.md section 6).
+
+The frozen stage-1 model (the teacher) provides two kinds of training pairs:
+
+- real noisy images ``y_i`` with the teacher's fused estimate ``x_hat_i`` as target;
+- unpaired clean images ``x_j`` with synthetic noise ``y_j = x_j + u L(x_j) z``, where
+  ``L L^T`` is the noise (co)variance that the teacher's CNN_est estimates on ``x_j``
+  (averaged over the image for AWGN and MG), ``z`` is standard normal and
+  ``u ~ U(0.9, 1.1)`` is drawn once per batch.
+
+Loss: ``0.1 * mse(f(y_i), x_hat_i) + mse(f(y_j), x_j)``, with ``1/8`` of each batch real.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import linalg
+from ..data import PatchSampler, load_folder, seeded_generator
+from ..metrics import psnr
+from ..nn import create_model
+from ..nn.registry import model_kind
+from .checkpoint import load_model
+from .loop import check_budget, cosine, prepare_run, run_loop
+from .stage1 import PRECISIONS, _autocast, _memory_format, resolve_device
+
+log = logging.getLogger("dbsn")
+
+
+@dataclass
+class DistillOptions:
+    """Everything a distillation run needs; stored in its checkpoints."""
+
+    teacher: str = ""
+    noisy: str = ""
+    clean: list[str] = field(default_factory=list)
+    student: str = "unet_small"
+    student_kwargs: dict = field(default_factory=dict)
+    steps: int | None = None
+    minutes: float | None = None
+    batch_size: int = 16
+    patch_size: int = 96
+    noisy_share: float = 0.125
+    weight_noisy: float = 0.1
+    weight_clean: float = 1.0
+    u_range: tuple[float, float] = (0.9, 1.1)
+    lr: float = 1e-3
+    seed: int = 0
+    precision: str = "fp32"
+    val_patches: int = 16
+    val_every: int = 200
+    save_every: int = 500
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise ValueError("give --teacher STAGE1_CKPT (a model trained by `dbsn train`)")
+        if not self.noisy or not self.clean:
+            raise ValueError("give --noisy DIR (real noisy images) and at least one --clean DIR (unpaired clean images)")
+        check_budget(self.steps, self.minutes)
+        if not 0.0 <= self.noisy_share <= 1.0:
+            raise ValueError(f"--noisy-share must be in [0, 1], got {self.noisy_share}")
+        lo, hi = self.u_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
+        if self.weight_noisy < 0 or self.weight_clean < 0:
+            raise ValueError("loss weights must be non-negative")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if model_kind(self.student) != "student":
+            raise ValueError(f"--student must be a student model (e.g. unet_small, mwcnn), got {self.student!r}")
+
+    def split(self) -> tuple[int, int]:
+        """How many real noisy and synthetic patches make one batch."""
+        n_noisy = int(round(self.batch_size * self.noisy_share))
+        if 0 < self.noisy_share and n_noisy == 0:
+            n_noisy = 1
+        return n_noisy, self.batch_size - n_noisy
+
+
+@torch.no_grad()
+def noise_factor(teacher, x: torch.Tensor) -> torch.Tensor:
+    """The factor ``L`` of the noise (co)variance CNN_est estimates on the clean image ``x`` ``(C, H, W)``.
+
+    Returns a per-channel std ``(C, h, w)`` for diagonal noise (``h = w = 1`` when averaged)
+    or a lower-triangular Cholesky factor ``(C, C, 1, 1)`` for a full covariance.
+    """
+    average = teacher.noise_model != "hg"
+    s_n = teacher.noise_estimator(x[None], average=average)[0]
+    if s_n.dim() == 4:  # (C, C, h, w): full covariance, drawn with its Cholesky factor
+        chol = linalg.cholesky(s_n.permute(2, 3, 0, 1))
+        return chol.permute(2, 3, 0, 1).contiguous()
+    return s_n.clamp_min(0).sqrt()
+
+
+def apply_factor(factor: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Noise ``L z`` for ``z`` ``(B, C, H, W)``: ``factor`` as returned by :func:`noise_factor`, batched."""
+    if factor.dim() == 5:
+        return torch.einsum("bijhw,bjhw->bihw", factor, z)
+    return factor * z
+
+
+class DistillData:
+    """Teacher targets for the noisy images, noise factors for the clean ones, and samplers."""
+
+    def __init__(self, options: DistillOptions, teacher, generator: torch.Generator):
+        channels = int(teacher.config["in_channels"])
+        noisy = load_folder(options.noisy, channels)
+        self.channels = channels
+        log.info("teacher: denoising %d noisy images", len(noisy))
+        x_hat = []
+        with torch.no_grad():
+            for y in noisy.images:
+                x_hat.append(teacher(y[None])["x_hat"][0].clamp(0, 1))
+        clean_images, self.skipped = [], list(noisy.skipped)
+        for folder in options.clean:
+            loaded = load_folder(folder, channels)
+            clean_images += loaded.images
+            self.skipped += loaded.skipped
+        self.factors = [noise_factor(teacher, x) for x in clean_images]
+        per_pixel = teacher.noise_model == "hg"
+        n_noisy, n_clean = options.split()
+        self.n_noisy, self.n_clean = n_noisy, n_clean
+        # the noisy sampler pairs y with the teacher's x_hat; the clean sampler pairs x with its
+        # per-pixel noise std (HG), or only x when the factor is one per image
+        self.noisy_sampler = PatchSampler(options.patch_size, max(n_noisy, 1), generator,
+                                          noisy=noisy.images, clean=x_hat)
+        self.clean_sampler = PatchSampler(options.patch_size, max(n_clean, 1), generator, noisy=clean_images,
+                                          clean=self.factors if per_pixel else None)
+        self.per_pixel = per_pixel
+        self.n_images = (len(noisy.images), len(clean_images))
+        val_gen = seeded_generator(options.seed + 1)
+        self.val = self._batch(
+            PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=noisy.images, clean=x_hat),
+            PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=clean_images,
+                         clean=self.factors if per_pixel else None),
+            options, val_gen,
+        )
+
+    def _batch(self, noisy_sampler, clean_sampler, options, generator):
+        y_i, x_hat_i = noisy_sampler.sample()
+        x_j, std, idx = clean_sampler.sample_with_index()
+        factor = std if self.per_pixel else torch.stack([self.factors[i] for i in idx])
+        lo, hi = options.u_range
+        u = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        z = torch.randn(x_j.shape, generator=generator)
+        y_j = x_j + u * apply_factor(factor, z)
+        return y_i, x_hat_i, y_j, x_j
+
+    def sample(self, options, generator):
+        y_i, x_hat_i, y_j, x_j = self._batch(self.noisy_sampler, self.clean_sampler, options, generator)
+        return y_i[: self.n_noisy], x_hat_i[: self.n_noisy], y_j[: self.n_clean], x_j[: self.n_clean]
+
+
+class DistillTask:
+    log_fields = ["val_psnr_teacher", "val_psnr_synthetic"]
+
+    def __init__(self, options: DistillOptions, device: torch.device):
+        self.options, self.device = options, device
+        self.generator = seeded_generator(options.seed)
+        teacher = load_model(options.teacher)
+        if model_kind(teacher.config["name"]) != "blind-spot":
+            raise ValueError(f"--teacher must be a stage-1 model from `dbsn train`, got {teacher.config['name']!r}")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher_config = dict(teacher.config)
+        self.data = DistillData(options, teacher, self.generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
+        self.model = model.to(device, memory_format=_memory_format(device))
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+
+    def step(self, progress: float) -> dict:
+        lr = self.options.lr * cosine(progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.data.sample(self.options, self.generator))
+        y = torch.cat([y_i, y_j]).contiguous(memory_format=_memory_format(self.device))
+        with _autocast(self.options, self.device):
+            pred = self.model(y)["x_hat"]
+        pred = pred.float()
+        n = y_i.shape[0]
+        loss = y.new_zeros(())
+        if n:
+            loss = loss + self.options.weight_noisy * torch.mean((pred[:n] - x_hat_i) ** 2)
+        if y_j.shape[0]:
+            loss = loss + self.options.weight_clean * torch.mean((pred[n:] - x_j) ** 2)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "phase": "distill", "lr": lr}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.data.val)
+        return {
+            "val_psnr_teacher": psnr(self.model(y_i)["x_hat"].clamp(0, 1), x_hat_i),
+            "val_psnr_synthetic": psnr(self.model(y_j)["x_hat"].clamp(0, 1), x_j),
+        }
+
+
+def distill(options: DistillOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
+    """Distil a stage-1 teacher into a student in ``out_dir`` (same files as :func:`dbsn.train.train`)."""
+    options.validate()
+    state = prepare_run(out_dir, resume)
+    task = DistillTask(options, resolve_device(options.device))
+    return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
+        "teacher": task.teacher_config, "images_noisy": task.data.n_images[0],
+        "images_clean": task.data.n_images[1], "skipped": [str(p) for p, _ in task.data.skipped],
+    })

@@ -1,0 +1,142 @@
+"""One plain training loop shared by every training task.
+
+A task owns its model, optimizer and data; the loop owns the budget (steps or
+minutes), the progress bar, the CSV log, validation, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..data.io import atomic_path
+from .checkpoint import read_checkpoint, save_checkpoint, save_weights
+
+log = logging.getLogger("dbsn")
+
+
+class Task(Protocol):
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    log_fields: list[str]
+
+    def step(self, progress: float) -> dict:
+        """One optimisation step at ``progress`` (0 to 1); returns ``{"loss", "phase", "lr", ...}``."""
+
+    def validate(self) -> dict:
+        """Validation metrics (floats)."""
+
+
+def cosine(q: float, floor: float = 0.05) -> float:
+    """Learning-rate factor: from 1 at ``q = 0`` down to ``floor`` at ``q = 1``."""
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
+
+
+def check_budget(steps: int | None, minutes: float | None) -> None:
+    if (steps is None) == (minutes is None):
+        raise ValueError("give exactly one budget: --steps N or --minutes M")
+    if (steps is not None and steps < 1) or (minutes is not None and minutes <= 0):
+        raise ValueError("the budget must be positive")
+
+
+def prepare_run(out_dir: str, resume: bool) -> dict | None:
+    """Check the run folder; return the checkpoint to resume from, or None for a new run."""
+    out = Path(out_dir)
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        return read_checkpoint(ckpt)
+    if ckpt.exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar: bool = True,
+             extra_summary: dict | None = None) -> dict:
+    """Train ``task`` until ``options.steps`` or ``options.minutes`` is spent.
+
+    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``model.safetensors`` (final
+    weights with their configuration), ``log.csv`` and ``run.json``. ``options`` is a
+    dataclass with ``steps``, ``minutes``, ``val_every`` and ``save_every``; it is stored
+    in every checkpoint.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    step, elapsed = 0, 0.0
+    if state is not None:
+        task.model.load_state_dict(state["model"])
+        task.optimizer.load_state_dict(state["optimizer"])
+        task.generator.set_state(state["generator"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
+
+    def progress(at_step: int, at_elapsed: float) -> float:
+        if options.steps is not None:
+            return at_step / options.steps
+        return at_elapsed / (60.0 * options.minutes)
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            out / "checkpoint.pt", task.model, optimizer=task.optimizer.state_dict(),
+            generator=task.generator.get_state(), step=step, elapsed_s=elapsed,
+            options=json.dumps(asdict(options)),
+        )
+
+    fields = ["step", "phase", "loss", "lr", "elapsed_s", *task.log_fields]
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    total = options.steps if options.steps is not None else int(60 * options.minutes)
+    last_val: dict = {}
+    with open(log_path, "a", newline="") as log_file, tqdm(
+        total=total, initial=min(step if options.steps else int(elapsed), total),
+        unit="step" if options.steps else "s", disable=not progress_bar, dynamic_ncols=True,
+    ) as bar:
+        writer = csv.DictWriter(log_file, fieldnames=fields, extrasaction="ignore")
+        if new_log:
+            writer.writeheader()
+        task.model.train()
+        while progress(step, elapsed) < 1.0:
+            t0 = time.perf_counter()
+            row = task.step(progress(step, elapsed))
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(
+                    f"loss became {row['loss']} at step {step}; lower --lr or use --precision fp32"
+                )
+            step += 1
+            if step % options.val_every == 0 or progress(step, elapsed + time.perf_counter() - t0) >= 1.0:
+                task.model.eval()
+                last_val = task.validate()
+                task.model.train()
+            elapsed += time.perf_counter() - t0
+            writer.writerow({
+                **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
+                **({k: f"{v:.6g}" for k, v in last_val.items()} if step % options.val_every == 0
+                   or progress(step, elapsed) >= 1.0 else {}),
+                "step": step, "elapsed_s": f"{elapsed:.2f}",
+            })
+            if step % options.val_every == 0:
+                log_file.flush()
+            if step % options.save_every == 0:
+                checkpoint()
+            bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4g}",
+                            **({"std_n": f"{last_val['noise_std_est']:.1f}"} if "noise_std_est" in last_val else {}))
+            bar.update((1 if options.steps else int(elapsed) - bar.n) if bar.n < total else 0)
+    checkpoint()
+    save_weights(out / "model.safetensors", task.model.eval())
+    summary = {"steps": step, "elapsed_s": round(elapsed, 1), "model": task.model.config,
+               "last_validation": last_val, "options": asdict(options), **(extra_summary or {})}
+    with atomic_path(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import dbsn
+from dbsn.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained by `dbsn train --noisy` on a temporary folder (shared by the tests below)."""
+    from .conftest import smooth_image
+
+    root = tmp_path_factory.mktemp("cli")
+    noisy = root / "noisy"
+    noisy.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        y = smooth_image(rng, 40)[0] + rng.normal(0, 25 / 255, (40, 40))
+        Image.fromarray(np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)).save(noisy / f"n{i}.png")
+    (noisy / "corrupt.png").write_bytes(b"\x89PNG broken")
+    run = root / "run"
+    code = main(["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--noise-model", "awgn",
+                 "--steps", "8", "--patch-size", "32", "--batch-size", "4", "--val-every", "4", "-o", str(run)])
+    assert code == 0
+    return root, noisy, run
+
+
+def test_train_writes_run_folder(trained):
+    _, _, run = trained
+    for name in ("checkpoint.pt", "model.safetensors", "log.csv", "run.json"):
+        assert (run / name).is_file()
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["steps"] == 8 and any("corrupt.png" in s for s in summary["skipped"])
+    assert main(["-q", "train", "--noisy", str(trained[1]), "--steps", "2", "-o", str(run)]) == 2  # exists
+
+
+def test_resume_continues(trained):
+    _, _, run = trained
+    assert main(["-q", "train", "--resume", "--steps", "10", "-o", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["steps"] == 10
+
+
+def test_evaluate_json(trained, tmp_path, capsys):
+    root, _, run = trained
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((33, 35), 60 + 50 * i, np.uint8)).save(clean / f"c{i}.png")
+    out = tmp_path / "r.json"
+    code = main(["-q", "evaluate", "--model", str(run / "model.safetensors"), "--clean", str(clean),
+                 "--noise", "awgn:25", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "c0.png" in table and "mean" in table
+    result = json.loads(out.read_text())
+    for key in ("images", "psnr_noisy", "psnr_mu", "psnr", "ssim", "noise_std_est"):
+        assert key in result
+    assert len(result["images"]) == 2 and 19 < result["psnr_noisy"] < 21.5
+
+
+def test_denoise_skips_bad_files_keeps_bit_depth_and_never_overwrites(trained, tmp_path, capsys):
+    _, noisy, run = trained
+    a16 = (np.random.default_rng(0).random((21, 23)) * 65535).astype(np.uint16)
+    Image.fromarray(a16).save(tmp_path / "deep.png")
+    tifffile.imwrite(tmp_path / "deep.tif", a16)
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in noisy.iterdir()}
+    code = main(["-q", "denoise", "--model", str(run / "checkpoint.pt"), str(noisy), str(tmp_path / "deep.png"),
+                 str(tmp_path / "deep.tif"), "--noise-map", "-o", str(out)])
+    assert code == 1  # corrupt.png failed; the others were written
+    assert "corrupt.png" in capsys.readouterr().err
+    assert (out / "n0.png").is_file() and (out / "n0_std_n.tiff").is_file()
+    assert np.asarray(Image.open(out / "deep.png")).dtype in (np.uint16, np.int32)
+    assert np.asarray(Image.open(out / "n0.png")).dtype == np.uint8
+    assert tifffile.imread(out / "deep.tif").dtype == np.uint16
+    std = tifffile.imread(out / "n0_std_n.tiff")
+    assert std.shape == (40, 40) and np.all(std > 0)
+    # writing into the input folder would overwrite the inputs: refused, inputs intact
+    assert main(["-q", "denoise", "--model", str(run / "model.safetensors"), str(noisy), "-o", str(noisy)]) == 1
+    assert {p.name: p.read_bytes() for p in noisy.iterdir()} == before
+
+
+def test_python_api(trained):
+    _, noisy, run = trained
+    denoiser = dbsn.load(run / "model.safetensors")
+    image = np.asarray(Image.open(noisy / "n0.png"))
+    out = denoiser.denoise(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    out, std_n = denoiser.denoise(image.astype(np.float32) / 255, return_std_n=True)
+    assert out.dtype == np.float32 and std_n.shape == image.shape
+    with pytest.raises(ValueError, match="colour but the model is gray"):
+        denoiser.denoise(np.random.rand(8, 8, 3))
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["-q", "train", "--clean", str(tmp_path), "--steps", "1", "-o", str(tmp_path / "r")]) == 2
+    assert "--noise" in capsys.readouterr().err
+    assert main(["-q", "evaluate", "--model", str(tmp_path / "none.pt"), "--clean", str(tmp_path),
+                 "--noise", "awgn:25"]) == 2
+    assert main(["-q", "train", "--noisy", str(tmp_path / "missing"), "--steps", "1", "-o", str(tmp_path / "r")]) == 2
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "blind-spot width=96 blocks=8" in out and "unet_small" in out
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["-q", "demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "mean" in out and len(list((tmp_path / "demo" / "denoised").glob("*.png"))) == 4

@@ -1,0 +1,83 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dbsn
+from dbsn.train import TrainOptions, load_model, save_weights, train
+from dbsn.train.distill import DistillOptions, apply_factor, distill, noise_factor
+
+from .test_train import _clean_folder
+
+
+def test_synthetic_noise_has_the_estimated_covariance():
+    # a known full covariance, drawn through its Cholesky factor, must come back within sampling error
+    cov_n = torch.tensor([[4.0, 1.5, 0.5], [1.5, 3.0, 1.0], [0.5, 1.0, 2.0]]) * 1e-3
+    factor = torch.linalg.cholesky(cov_n)[None, :, :, None, None]
+    z = torch.randn((1, 3, 300, 300), generator=torch.Generator().manual_seed(0))
+    n = apply_factor(factor, z)
+    measured = torch.cov(n.reshape(3, -1))
+    assert torch.allclose(measured, cov_n, atol=0.04 * cov_n.max().item())
+
+
+def test_noise_factor_matches_the_teacher_estimate():
+    torch.manual_seed(0)
+    for noise_model, shape in (("mg", (3, 3, 1, 1)), ("awgn", (3, 1, 1)), ("hg", (3, 10, 12))):
+        teacher = dbsn.create_model("dbsn_tiny", in_channels=3, noise_model=noise_model).eval()
+        torch.nn.init.normal_(teacher.noise_estimator.net[-1].weight, std=0.3)
+        x = torch.rand(3, 10, 12)
+        factor = noise_factor(teacher, x)
+        assert factor.shape == shape
+        with torch.no_grad():
+            s_n = teacher.noise_estimator(x[None], average=noise_model != "hg")[0]
+        if noise_model == "mg":
+            cov = (factor[..., 0, 0] @ factor[..., 0, 0].T)
+            assert torch.allclose(cov, s_n[..., 0, 0], atol=1e-5)
+        else:
+            assert torch.allclose(factor**2, s_n, atol=1e-6)
+
+
+def test_distillation_smoke_raises_student_psnr(tmp_path):
+    clean = _clean_folder(tmp_path / "clean", n=4, size=48)
+    teacher_run = tmp_path / "teacher"
+    train(TrainOptions(clean=str(clean), noise="awgn:25", fixed_noise=True, model="dbsn_tiny", steps=60,
+                       batch_size=8, patch_size=32, lr=1e-3, val_fraction=0.0, val_every=1000),
+          str(teacher_run), progress_bar=False)
+    # a teacher whose noise estimator reads std 25, as a longer stage-1 run would
+    teacher = load_model(teacher_run / "model.safetensors")
+    last = teacher.noise_estimator.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, 4.0 + math.log(math.expm1(25 / 255 - 1e-3)))
+    save_weights(teacher_run / "model.safetensors", teacher)
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for p in sorted(clean.iterdir()):
+        x = np.asarray(Image.open(p)) / 255.0
+        Image.fromarray(np.round(np.clip(x + rng.normal(0, 25 / 255, x.shape), 0, 1) * 255).astype(np.uint8)).save(
+            noisy / p.name)
+    opts = DistillOptions(teacher=str(teacher_run / "model.safetensors"), noisy=str(noisy), clean=[str(clean)],
+                          student="unet_small", student_kwargs={"widths": [16, 32, 64]}, steps=150, batch_size=8,
+                          patch_size=32, val_every=50, lr=2e-3)
+    first = distill(DistillOptions(**{**opts.__dict__, "steps": 1}), str(tmp_path / "s1"), progress_bar=False)
+    last = distill(opts, str(tmp_path / "s"), progress_bar=False)
+    before = first["last_validation"]["val_psnr_synthetic"]
+    assert before < 22  # the synthetic noise has std 25: about 20 dB
+    assert last["last_validation"]["val_psnr_synthetic"] > before + 3
+    denoiser = dbsn.load(tmp_path / "s" / "model.safetensors")
+    assert not denoiser.is_blind_spot
+    result = dbsn.evaluate(denoiser, clean, "awgn:25")
+    assert result["psnr_mu"] is None and result["psnr"] > result["psnr_noisy"]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [(dict(), "--teacher"), (dict(teacher="t"), "--noisy"), (dict(teacher="t", noisy="n", clean=["c"], steps=5,
+                                                                   student="dbsn"), "student model")],
+)
+def test_distill_options_explain_mistakes(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DistillOptions(**kw).validate()

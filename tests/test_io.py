@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from dbsn.data import ImageReadError, atomic_path, list_images, load_folder, read_image, write_image
+
+
+def test_png_8_and_16_bit_gray_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    a8 = rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    a16 = rng.integers(0, 65536, (7, 9), dtype=np.uint16)
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    Image.fromarray(a16).save(tmp_path / "a16.png")
+    x8, info8 = read_image(tmp_path / "a8.png")
+    x16, info16 = read_image(tmp_path / "a16.png")
+    assert (info8.bits, info16.bits) == (8, 16) and x8.shape == (1, 7, 9)
+    write_image(tmp_path / "b8.png", x8, bits=8)
+    write_image(tmp_path / "b16.png", x16, bits=16)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b8.png")), a8)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b16.png")).astype(np.uint16), a16)
+
+
+def test_16_bit_colour_png_and_tiff_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    x = a.transpose(2, 0, 1) / 65535.0
+    write_image(tmp_path / "c.tiff", x, bits=16)
+    back = tifffile.imread(tmp_path / "c.tiff")
+    assert back.dtype == np.uint16 and np.array_equal(back, a)
+    y, info = read_image(tmp_path / "c.tiff")
+    assert info.bits == 16 and y.shape == (3, 5, 6)
+    with pytest.raises(ValueError, match="TIFF"):
+        write_image(tmp_path / "c.png", x, bits=16)
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_jpeg_rgba_and_channel_conversion(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", quality=95)
+    x, info = read_image(tmp_path / "r.jpg")
+    assert x.shape == (3, 8, 8) and info.bits == 8
+    gray, _ = read_image(tmp_path / "r.jpg", channels=1)
+    assert gray.shape == (1, 8, 8) and abs(gray.mean() - 0.299) < 0.02
+    rgba = np.dstack([rgb, np.full((8, 8), 128, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    x, info = read_image(tmp_path / "a.png")
+    assert x.shape == (3, 8, 8) and info.alpha is not None
+
+
+def test_bad_files_give_clear_errors_and_folders_skip_them(tmp_path, caplog):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        read_image(tmp_path / "broken.png")
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+    assert [p.name for p in list_images(tmp_path)] == ["broken.png", "ok.png"]
+    folder = load_folder(tmp_path)
+    assert len(folder) == 1 and folder.skipped[0][0].name == "broken.png"
+    assert "broken.png" in caplog.text
+    with pytest.raises(ValueError, match="no readable image"):
+        load_folder(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
