@@ -62,6 +62,8 @@ def main() -> int:
     p.add_argument("--model", default="dbsn_small")
     p.add_argument("--lr", default="1e-3")
     p.add_argument("--precision", default="bf16")
+    p.add_argument("--trace-weight", default="0.1")
+    p.add_argument("--phase-split", default="0.75,0.15,0.1")
     p.add_argument("--bm3d", type=int, default=0, help="also run BM3D on the first N images")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
@@ -75,7 +77,8 @@ def main() -> int:
     if not (run_dir / "model.safetensors").exists():
         run(["dbsn", "-q", "train", "--clean", str(clean), "--noise", args.noise, "--fixed-noise",
              "--model", args.model, "--minutes", str(args.minutes), "--lr", args.lr,
-             "--precision", args.precision, "--val-fraction", "0", "--val-every", "250", "-o", str(run_dir)])
+             "--precision", args.precision, "--trace-weight", args.trace_weight, "--phase-split", args.phase_split,
+             "--val-fraction", "0", "--val-every", "250", "-o", str(run_dir)])
     result_path = args.out / "evaluate.json"
     run(["dbsn", "-q", "evaluate", "--model", str(run_dir / "model.safetensors"), "--clean", str(clean),
          "--noise", args.noise, "--json", str(result_path)])

@@ -29,7 +29,7 @@ def test_var_n_to_zero_gives_y():
 def test_equal_variances_average():
     y, mu = _inputs(c=1)
     out = bayes_fusion(y, mu, torch.full_like(y, 0.02), torch.full_like(y, 0.02))
-    assert torch.allclose(out, (y + mu) / 2)
+    assert torch.allclose(out, (y + mu) / 2, atol=1e-4)  # up to the variance floor
 
 
 def test_diagonal_covariance_path_equals_scalar_path():

@@ -58,3 +58,29 @@ def test_full_diagonal_equals_scalar(loss):
 
 def test_l2():
     assert l2_loss(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
+
+
+def test_trace_weight_interpolates_between_nll_and_paper_loss():
+    torch.manual_seed(0)
+    y, mu = torch.rand(2, 1, 6, 6), torch.rand(2, 1, 6, 6)
+    var_mu, var_n = torch.rand_like(y) * 0.02, torch.full((2, 1, 1, 1), 0.01)
+    v = var_n + 1e-6  # the variance floor
+    paper = (0.5 * ((y - mu) ** 2 / (var_mu + v) + torch.log(v) + var_mu / v)).mean()
+    assert torch.allclose(dbsn_loss(y, mu, var_mu, var_n), paper)
+    assert torch.allclose(dbsn_loss(y, mu, var_mu, var_n, trace_weight=0.0), nll_loss(y, mu, var_mu, var_n))
+    half = dbsn_loss(y, mu, var_mu, var_n, trace_weight=0.5)
+    assert nll_loss(y, mu, var_mu, var_n) < half < paper
+
+
+def test_small_trace_weight_keeps_var_mu_near_the_error_of_mu():
+    # the per-pixel optimum of var_mu: the NLL gives e^2 - var_n, the paper's loss much less
+    e2, var_n = 0.05, 0.01
+    grid = torch.linspace(0, 0.06, 6001)
+    r2 = torch.full((1, 1, 1, 1), e2)
+    def best(weight):
+        values = [dbsn_loss(r2.sqrt(), torch.zeros_like(r2), g.view(1, 1, 1, 1), torch.full((1, 1, 1, 1), var_n),
+                            trace_weight=weight) for g in grid]
+        return grid[torch.stack(values).argmin()].item()
+    assert abs(best(0.0) - (e2 - var_n)) < 1e-3
+    assert best(1.0) < 0.5 * (e2 - var_n)
+    assert best(0.1) > 0.65 * (e2 - var_n)  # 0.72 in closed form

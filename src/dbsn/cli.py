@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="three-phase: L2 on mu, heads with mu frozen, joint (default); joint: official")
     o.add_argument("--phase-split", default="0.6,0.1,0.3", help="shares of the budget for the three phases")
     o.add_argument("--loss", choices=("dbsn", "nll"), default="dbsn", help="constrained DBSN loss or plain NLL")
+    o.add_argument("--trace-weight", type=float, default=1.0,
+                   help="weight of the DBSN loss's gap over the NLL: 1 is the paper's loss, 0 the NLL")
     o.add_argument("--batch-size", type=int, default=8)
     o.add_argument("--patch-size", type=int, default=96)
     o.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the D-BSN")

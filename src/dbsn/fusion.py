@@ -37,7 +37,7 @@ def bayes_fusion(
         raise ValueError("s_mu and s_n must both be variances or both be covariances")
     s_n = gamma * s_n
     if not linalg.is_cov(s_mu):
-        var_mu, var_n = s_mu.clamp_min(0), s_n.clamp_min(linalg.VAR_FLOOR)
+        var_mu, var_n = s_mu.clamp_min(0), s_n.clamp_min(0) + linalg.VAR_FLOOR  # as the Cholesky path
         return mu + var_mu / (var_mu + var_n) * (y - mu)
     cov_mu, cov_n = linalg.to_matrix(s_mu), linalg.to_matrix(s_n)
     chol = linalg.cholesky(cov_mu + cov_n)

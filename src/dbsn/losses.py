@@ -26,7 +26,7 @@ def _gaussian_terms(y, mu, s_mu, s_n):
     r = y - mu
     if not linalg.is_cov(s_mu):
         var_mu = s_mu.clamp_min(0)
-        var_n = s_n.clamp_min(linalg.VAR_FLOOR)
+        var_n = s_n.clamp_min(0) + linalg.VAR_FLOOR  # the same floor the Cholesky path adds
         var = var_mu + var_n
         return (
             (r**2 / var).sum(1),
@@ -56,20 +56,26 @@ def nll_loss(y, mu, s_mu, s_n) -> torch.Tensor:
     return _mean(0.5 * (quad + logdet_s), y.shape[1])
 
 
-def dbsn_loss(y, mu, s_mu, s_n) -> torch.Tensor:
+def dbsn_loss(y, mu, s_mu, s_n, trace_weight: float = 1.0) -> torch.Tensor:
     r"""The paper's constrained loss, an upper bound of the NLL.
 
     ``1/2 r^T S^-1 r + 1/2 log|cov_n| + 1/2 tr(cov_n^-1 cov_mu)``. The trace term
     stops ``cov_mu`` from absorbing the noise, which ``y`` alone cannot tell apart.
+
+    It equals the NLL plus the gap ``1/2 (tr(A) - log|I + A|) >= 0`` with
+    ``A = cov_n^-1 cov_mu``. ``trace_weight`` scales that gap: 1 is the paper's loss,
+    0 the plain NLL. Between the two, ``cov_mu`` stays close to the error of ``mu``
+    (as the NLL makes it) while the gap still breaks the tie in favour of the noise.
     """
-    quad, _, logdet_n, trace = _gaussian_terms(y, mu, s_mu, s_n)
-    return _mean(0.5 * (quad + logdet_n + trace), y.shape[1])
+    quad, logdet_s, logdet_n, trace = _gaussian_terms(y, mu, s_mu, s_n)
+    gap = logdet_n + trace - logdet_s
+    return _mean(0.5 * (quad + logdet_s + trace_weight * gap), y.shape[1])
 
 
-def gaussian_loss(name: str, y, mu, s_mu, s_n) -> torch.Tensor:
+def gaussian_loss(name: str, y, mu, s_mu, s_n, trace_weight: float = 1.0) -> torch.Tensor:
     """Dispatch to ``nll_loss`` or ``dbsn_loss`` by name."""
     if name == "nll":
         return nll_loss(y, mu, s_mu, s_n)
     if name == "dbsn":
-        return dbsn_loss(y, mu, s_mu, s_n)
+        return dbsn_loss(y, mu, s_mu, s_n, trace_weight)
     raise ValueError(f"unknown loss {name!r}; expected 'nll' or 'dbsn'")

@@ -40,7 +40,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike, channels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image as float32 ``(C, H, W)`` in [0, 1].
+    """Read an image as float32 ``(C, H, W)`` in [0, 1] (float TIFFs are read as stored, unclipped).
 
     Args:
         path: a PNG, JPEG, BMP or TIFF file.
@@ -111,7 +111,8 @@ def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     if raw.dtype == np.bool_:
         return raw.astype(np.float32), 8
     if np.issubdtype(raw.dtype, np.floating):
-        return np.clip(raw.astype(np.float32), 0.0, 1.0), 32
+        # float data is taken as it is: noisy images may leave [0, 1], and clipping would bias them
+        return raw.astype(np.float32), 32
     raise ImageReadError(f"{path}: unsupported pixel type {raw.dtype}; expected 8/16-bit integers or float in [0, 1]")
 
 

@@ -15,23 +15,22 @@ from .registry import register_model
 
 
 def haar_dwt(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2-D Haar transform: ``(B, C, H, W) -> (B, 4C, H/2, W/2)`` as ``[LL, LH, HL, HH]``."""
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    return 0.5 * torch.cat([a + b + c + d, -a - b + c + d, -a + b - c + d, a - b - c + d], dim=1)
+    """Orthonormal 2-D Haar transform: ``(B, C, H, W) -> (B, 4C, H/2, W/2)`` as ``[LL, LH, HL, HH]`` blocks."""
+    b, c, h, w = x.shape
+    q = F.pixel_unshuffle(x, 2).view(b, c, 4, h // 2, w // 2)  # the 2x2 neighbours a, b, c, d
+    a, b_, c_, d = q.unbind(2)
+    return 0.5 * torch.cat([a + b_ + c_ + d, -a - b_ + c_ + d, -a + b_ - c_ + d, a - b_ - c_ + d], dim=1)
 
 
 def haar_iwt(z: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`haar_dwt`."""
     ll, lh, hl, hh = torch.chunk(z, 4, dim=1)
-    a = 0.5 * (ll - lh - hl + hh)
-    b = 0.5 * (ll - lh + hl - hh)
-    c = 0.5 * (ll + lh - hl - hh)
-    d = 0.5 * (ll + lh + hl + hh)
-    out = z.new_empty(z.shape[0], z.shape[1] // 4, z.shape[2] * 2, z.shape[3] * 2)
-    out[..., 0::2, 0::2], out[..., 0::2, 1::2] = a, b
-    out[..., 1::2, 0::2], out[..., 1::2, 1::2] = c, d
-    return out
+    a = ll - lh - hl + hh
+    b = ll - lh + hl - hh
+    c = ll + lh - hl - hh
+    d = ll + lh + hl + hh
+    n, ch, h, w = ll.shape
+    return F.pixel_shuffle(0.5 * torch.stack([a, b, c, d], dim=2).view(n, ch * 4, h, w), 2)
 
 
 def conv_relu(c_in: int, c_out: int, n: int) -> nn.Sequential:

@@ -48,6 +48,7 @@ class TrainOptions:
     schedule: str = "three-phase"
     phase_split: tuple[float, float, float] = (0.6, 0.1, 0.3)
     loss: str = "dbsn"
+    trace_weight: float = 1.0
     steps: int | None = None
     minutes: float | None = None
     batch_size: int = 8
@@ -79,6 +80,8 @@ class TrainOptions:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in ("nll", "dbsn"):
             raise ValueError(f"loss must be 'nll' or 'dbsn', got {self.loss!r}")
+        if not 0.0 <= self.trace_weight <= 1.0:
+            raise ValueError(f"trace weight must be in [0, 1] (1: the paper's loss, 0: the NLL), got {self.trace_weight}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
@@ -198,7 +201,7 @@ class Stage1Task:
             loss = losses.l2_loss(y, mu)
         else:
             s_mu, s_n = self.model.uncertainty(y, mu, f)
-            loss = losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n)
+            loss = losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,0 +1,97 @@
+"""Stage-2 recipe on a 2-core CPU: distil a stage-1 teacher into a light student, then score both.
+
+The noisy folder is the test set with its fixed seed-0 noise (the evaluation
+protocol's noisy images, written as float32 TIFF so that nothing is clipped or
+quantised); the clean folders are unpaired and disjoint from the test set.
+
+    python benchmarks/distill_recipe.py --teacher runs/bsd68_s25/run/model.safetensors \\
+        --set bsd68 --clean train400 bsd432 --minutes 30 -o runs/bsd68_s25_student
+    python benchmarks/distill_recipe.py --teacher runs/cbsd68_s25/run/model.safetensors \\
+        --set cbsd68 --clean bsd432 div2k_val_crop256 sun_hays80 --minutes 30 -o runs/cbsd68_s25_student
+
+Both models then run `dbsn evaluate` on the same set in the same run; the table
+gives their PSNR and their wall time for the whole set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def run(cmd: list[str]) -> float:
+    print("$ " + shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - start
+
+
+def write_noisy_set(clean: Path, noise: str, channels: int, out: Path) -> None:
+    """The protocol's noisy images (seed 0 per image) as float32 TIFF files."""
+    import tifffile
+    import torch
+
+    from dbsn.data import list_images, read_image
+    from dbsn.data.io import atomic_path
+    from dbsn.noise import parse_noise
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = parse_noise(noise)
+    for path in list_images(clean):
+        x, _ = read_image(path, channels=channels)
+        y = model.add_protocol(torch.from_numpy(x), seed=0).numpy()
+        with atomic_path(out / (path.stem + ".tiff")) as tmp:
+            tifffile.imwrite(tmp, y[0] if channels == 1 else y.transpose(1, 2, 0))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--set", default="bsd68")
+    p.add_argument("--clean", nargs="+", default=["train400", "bsd432"])
+    p.add_argument("--datasets", type=Path, default=DATASETS)
+    p.add_argument("--noise", default="awgn:25")
+    p.add_argument("--student", default="mwcnn_small")
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    args = p.parse_args()
+
+    from dbsn.train import load_model
+
+    channels = int(load_model(args.teacher).config["in_channels"])
+    test = args.datasets / args.set
+    noisy = args.out / "noisy"
+    if not noisy.is_dir():
+        write_noisy_set(test, args.noise, channels, noisy)
+    run_dir = args.out / "run"
+    if not (run_dir / "model.safetensors").exists():
+        run(["dbsn", "-q", "distill", "--teacher", str(args.teacher), "--noisy", str(noisy),
+             "--clean", *[str(args.datasets / c) for c in args.clean], "--student", args.student,
+             "--minutes", str(args.minutes), "--precision", args.precision, "-o", str(run_dir)])
+    rows = {}
+    for name, model in (("teacher (stage 1)", args.teacher), ("student", run_dir / "model.safetensors")):
+        out_json = args.out / f"evaluate_{'teacher' if 'teacher' in name else 'student'}.json"
+        wall = run(["dbsn", "-q", "evaluate", "--model", str(model), "--clean", str(test),
+                    "--noise", args.noise, "--json", str(out_json)])
+        result = json.loads(out_json.read_text())
+        rows[name] = (result, wall, sum(r["seconds"] for r in result["images"]))
+    print(f"\n{'model':<20}{'PSNR':>8}{'SSIM':>8}{'model s/set':>13}{'wall s':>9}")
+    for name, (result, wall, model_s) in rows.items():
+        print(f"{name:<20}{result['psnr']:>8.2f}{result['ssim']:>8.4f}{model_s:>13.1f}{wall:>9.1f}")
+    (t, _, t_s), (s, _, s_s) = rows["teacher (stage 1)"], rows["student"]
+    print(f"\nstudent - teacher PSNR: {s['psnr'] - t['psnr']:+.2f} dB; speed-up on the whole set: {t_s / s_s:.1f}x")
+    print(f"check student PSNR >= teacher fused PSNR: {'yes' if s['psnr'] >= t['psnr'] else 'NO'}")
+    print(f"check speed-up >= 5x: {'yes' if t_s / s_s >= 5 else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
