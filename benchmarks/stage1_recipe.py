@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--lr", default="1e-3")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--trace-weight", default="0.1")
-    p.add_argument("--phase-split", default="0.75,0.15,0.1")
+    p.add_argument("--phase-split", default="0.8,0.2,0")
     p.add_argument("--bm3d", type=int, default=0, help="also run BM3D on the first N images")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
