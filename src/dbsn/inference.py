@@ -157,7 +157,7 @@ def denoise_files(
     for path in tqdm(paths, disable=not progress_bar, unit="img"):
         try:
             y, info = read_image(path)
-            target = out_dir / (path.stem + output_suffix(path, info.bits, info.channels))
+            target = out_dir / (path.stem + output_suffix(path, info.bits))
             std_target = out_dir / (path.stem + "_std_n.tiff")
             for t in (target, std_target) if noise_map else (target,):
                 if t.resolve() in input_set:
@@ -167,8 +167,7 @@ def denoise_files(
             x_hat = out["x_hat"][0].numpy()
             if x_hat.shape[0] != y.shape[0]:
                 x_hat = np.repeat(x_hat, y.shape[0], axis=0)
-            bits = 16 if info.bits == 32 and target.suffix == ".png" else info.bits
-            result.written.append(write_image(target, x_hat, bits=bits, alpha=info.alpha))
+            result.written.append(write_image(target, x_hat, bits=info.bits, alpha=info.alpha))
             if noise_map:
                 write_image(std_target, std_n_map(out).numpy(), bits=32)
                 result.written.append(std_target)

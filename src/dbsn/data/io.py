@@ -128,14 +128,13 @@ def convert_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(array, 3, axis=0)
 
 
-def output_suffix(path: Path, bits: int, channels: int) -> str:
-    """The suffix to write a result of ``path`` with: JPEG becomes PNG (no second lossy step)."""
+def output_suffix(path: Path, bits: int) -> str:
+    """The suffix to write a result of ``path`` with: TIFF stays TIFF, JPEG and BMP become PNG
+    (no second lossy step), float data (only TIFF holds it) stays TIFF."""
     suffix = path.suffix.lower()
-    if suffix in (".jpg", ".jpeg", ".bmp"):
-        return ".png"
-    if suffix == ".png" and bits == 32:
-        return ".tiff"
-    return suffix if suffix in (".png", ".tif", ".tiff") else ".png"
+    if suffix in (".tif", ".tiff"):
+        return suffix
+    return ".tiff" if bits == 32 else ".png"
 
 
 def quantise(array: np.ndarray, bits: int) -> np.ndarray:
