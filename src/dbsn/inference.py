@@ -16,6 +16,7 @@ from .metrics import psnr, ssim
 from .nn.registry import model_kind
 from .noise import parse_noise
 from .train.checkpoint import load_model
+from .train.stage1 import memory_format_for
 
 log = logging.getLogger("dbsn")
 
@@ -29,8 +30,7 @@ class Denoiser:
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", gamma: float = 1.0):
         self.device = torch.device(device)
-        memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=memory_format)
+        self.model = model.eval().to(self.device, memory_format=memory_format_for(self.device))
         self.gamma = gamma
         self.channels = int(model.config.get("in_channels", 1))
 
@@ -47,9 +47,9 @@ class Denoiser:
         """Run the model on ``y`` ``(B, C, H, W)`` in [0, 1]; returns its outputs (``x_hat`` clamped to [0, 1])."""
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(f"expected a tensor (B, {self.channels}, H, W), got {tuple(y.shape)}")
-        memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         with torch.inference_mode():
-            out = self.model(y.to(self.device, torch.float32, memory_format=memory_format), gamma=self.gamma)
+            y = y.to(self.device, torch.float32, memory_format=memory_format_for(self.device))
+            out = self.model(y, gamma=self.gamma)
             out = {k: v.float().cpu() for k, v in out.items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         return out

@@ -25,7 +25,7 @@ from ..nn import create_model
 from ..nn.registry import model_kind
 from .checkpoint import load_model
 from .loop import check_budget, cosine, prepare_run, run_loop
-from .stage1 import PRECISIONS, _autocast, _memory_format, resolve_device
+from .stage1 import PRECISIONS, _autocast, memory_format_for, resolve_device
 
 log = logging.getLogger("dbsn")
 
@@ -171,7 +171,7 @@ class DistillTask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
-        self.model = model.to(device, memory_format=_memory_format(device))
+        self.model = model.to(device, memory_format=memory_format_for(device))
         self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
 
     def step(self, progress: float) -> dict:
@@ -179,7 +179,7 @@ class DistillTask:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.data.sample(self.options, self.generator))
-        y = torch.cat([y_i, y_j]).contiguous(memory_format=_memory_format(self.device))
+        y = torch.cat([y_i, y_j]).contiguous(memory_format=memory_format_for(self.device))
         with _autocast(self.options, self.device):
             pred = self.model(y)["x_hat"]
         pred = pred.float()

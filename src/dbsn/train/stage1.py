@@ -161,7 +161,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _memory_format(device: torch.device):
+def memory_format_for(device: torch.device):
+    """Channels-last on the CPU, where it measured faster for these convolutions."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
@@ -180,7 +181,7 @@ class Stage1Task:
                 options.model, in_channels=self.data.channels,
                 noise_model=options.resolved_noise_model(), **options.model_kwargs,
             )
-        self.model = model.to(device, memory_format=_memory_format(device))
+        self.model = model.to(device, memory_format=memory_format_for(device))
         self.optimizer = torch.optim.Adam(
             [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
         )
@@ -189,7 +190,7 @@ class Stage1Task:
         phase = phase_at(self.options, progress)
         lr = self._set_lr(phase)
         y, _ = self.data.sampler.sample()
-        y = y.to(self.device, memory_format=_memory_format(self.device))
+        y = y.to(self.device, memory_format=memory_format_for(self.device))
         with _autocast(self.options, self.device):
             if phase.name == "heads":
                 with torch.no_grad():
@@ -219,7 +220,7 @@ class Stage1Task:
     @torch.no_grad()
     def validate(self) -> dict:
         """NLL on the validation patches; PSNR of ``mu`` and ``x_hat`` when clean patches exist."""
-        y = self.data.val_y.to(self.device, memory_format=_memory_format(self.device))
+        y = self.data.val_y.to(self.device, memory_format=memory_format_for(self.device))
         out = self.model(y)
         s_mu = out.get("cov_mu", out["var_mu"])
         s_n = out.get("cov_n", out["var_n"])
