@@ -24,6 +24,17 @@ def smooth_image(rng: np.random.Generator, size: int, channels: int = 1) -> np.n
     return (0.1 + 0.8 * image).astype(np.float32)
 
 
+def write_noisy_pngs(folder, n: int = 4, size: int = 40) -> None:
+    """``n`` smooth gray images with AWGN of std 25, as 8-bit PNGs ``n0.png, n1.png, ...``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        y = smooth_image(rng, size)[0] + rng.normal(0, 25 / 255, (size, size))
+        Image.fromarray(np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)).save(folder / f"n{i}.png")
+
+
 @pytest.fixture
 def noisy_folder(tmp_path):
     """Six 48 x 48 gray PNGs with AWGN of std 25, and their clean versions."""

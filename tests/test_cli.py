@@ -12,15 +12,11 @@ from dbsn.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained by `dbsn train --noisy` on a temporary folder (shared by the tests below)."""
-    from .conftest import smooth_image
+    from .conftest import write_noisy_pngs
 
     root = tmp_path_factory.mktemp("cli")
     noisy = root / "noisy"
-    noisy.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        y = smooth_image(rng, 40)[0] + rng.normal(0, 25 / 255, (40, 40))
-        Image.fromarray(np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)).save(noisy / f"n{i}.png")
+    write_noisy_pngs(noisy)
     (noisy / "corrupt.png").write_bytes(b"\x89PNG broken")
     run = root / "run"
     code = main(["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--noise-model", "awgn",
@@ -114,3 +110,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["-q", "demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "mean" in out and len(list((tmp_path / "demo" / "denoised").glob("*.png"))) == 4
+    assert (tmp_path / "demo" / "before_after.png").is_file()

@@ -1,4 +1,7 @@
-"""Command line: ``dbsn train | distill | evaluate | denoise | demo | models``. Parse, then call one library function."""
+"""Command line: ``dbsn train | distill | evaluate | denoise | demo | models | list | export``.
+
+Parse, then call one library function.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+
+from .runtime import PRECISIONS
 
 log = logging.getLogger("dbsn")
 
@@ -56,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patch-size", type=int, default=96)
     o.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the D-BSN")
     o.add_argument("--lr-heads", type=float, default=3e-3, help="Adam learning rate of the two heads")
-    o.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast for the D-BSN")
+    o.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="autocast for the D-BSN (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a "
+                        "gradient scaler); the heads and the losses stay in fp32")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
     o.add_argument("--val-every", type=int, default=200)
     o.add_argument("--save-every", type=int, default=500)
-    o.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
+    o.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps")
     t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
 
     k = sub.add_parser("distill", help="stage 2: distil a stage-1 model into a fast ordinary denoiser")
@@ -80,34 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--weight-clean", type=float, default=1.0, help="loss weight of the synthetic pairs")
     k.add_argument("--u-range", default="0.9,1.1", help="range of the per-batch noise scale u")
     k.add_argument("--lr", type=float, default=1e-3)
-    k.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--val-every", type=int, default=200)
     k.add_argument("--save-every", type=int, default=500)
-    k.add_argument("--device", default="cpu")
+    k.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
     k.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
 
     e = sub.add_parser("evaluate", help="the paper's protocol on clean images with seed-0 synthetic noise")
-    e.add_argument("--model", required=True, help="checkpoint (.pt) or weights (.safetensors)")
+    e.add_argument("--model", required=True, help="checkpoint (.pt), weights (.safetensors) or bundled name")
     e.add_argument("--clean", required=True, help="folder of clean test images")
     e.add_argument("--noise", required=True, help="noise spec, e.g. awgn:25 or hg:40,10")
     e.add_argument("--json", help="write the results to this JSON file")
     e.add_argument("--gamma", type=float, default=1.0, help="factor on the noise covariance in the fusion")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the network")
+    e.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
     d = sub.add_parser("denoise", help="denoise image files (PNG, JPEG, TIFF; 8 or 16 bits)")
     d.add_argument("inputs", nargs="+", help="image files or folders")
     d.add_argument("-o", "--out", required=True, help="output folder (never an input file)")
-    d.add_argument("--model", required=True, help="checkpoint (.pt) or weights (.safetensors)")
+    d.add_argument("--model", help="checkpoint, weights or bundled name (default: the bundled default "
+                                   "for each image's channels; see `dbsn list`)")
     d.add_argument("--noise-map", action="store_true", help="also write <name>_std_n.tiff (0-255 units)")
     d.add_argument("--reference", help="folder of clean images with the same names: print PSNR")
     d.add_argument("--gamma", type=float, default=1.0)
+    d.add_argument("--max-memory", default="1G",
+                   help="working memory for the model; larger images are denoised in tiles (e.g. 512M, 4G)")
+    d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
+    d.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 autocast for the network (faster on CPUs with bf16 support)")
 
     demo = sub.add_parser("demo", help="train briefly on the bundled noisy images, denoise them, print PSNR")
     demo.add_argument("-o", "--out", default="dbsn-demo", help="folder for the run and the outputs")
     demo.add_argument("--steps", type=int, default=300)
 
-    sub.add_parser("models", help="list the registered model names")
+    x = sub.add_parser("export", help="export a student to ONNX, checked against onnxruntime")
+    x.add_argument("--model", required=True, help="student checkpoint, weights or bundled name")
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("-o", "--out", required=True, help="output file, e.g. student.onnx")
+
+    sub.add_parser("models", help="list the registered architectures (for --model in train and --student)")
+    sub.add_parser("list", help="list the bundled pretrained models (for --model in denoise and evaluate)")
     return parser
 
 
@@ -188,8 +210,8 @@ def cmd_evaluate(args) -> int:
     from .data.io import atomic_path
     from .inference import evaluate, format_table, load
 
-    result = evaluate(load(args.model, gamma=args.gamma), args.clean, args.noise, seed=args.seed,
-                      progress_bar=not args.quiet)
+    denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device)
+    result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet)
     print(format_table(result))
     if args.json:
         with atomic_path(args.json) as tmp:
@@ -197,7 +219,7 @@ def cmd_evaluate(args) -> int:
     return EXIT_FAILED if result["skipped"] else EXIT_OK
 
 
-def _reference_psnr(written: list[Path], reference: str, channels: int) -> list[tuple[str, float]]:
+def _reference_psnr(written: list[Path], reference: str) -> list[tuple[str, float]]:
     import torch
 
     from .data.io import read_image
@@ -208,21 +230,29 @@ def _reference_psnr(written: list[Path], reference: str, channels: int) -> list[
         matches = [p for p in ref_dir.glob(out.stem + ".*")]
         if not matches or out.name.endswith("_std_n.tiff"):
             continue
-        x, _ = read_image(matches[0], channels=channels)
-        x_hat, _ = read_image(out, channels=channels)
+        x_hat, _ = read_image(out)
+        x, _ = read_image(matches[0], channels=x_hat.shape[0])
         scores.append((out.name, psnr(torch.from_numpy(x_hat), torch.from_numpy(x))))
     return scores
 
 
 def cmd_denoise(args) -> int:
-    from .inference import denoise_files, load
+    from .inference import DefaultDenoisers, denoise_files, load
+    from .pretrained import default_names
 
-    denoiser = load(args.model, gamma=args.gamma)
+    if args.model is None:
+        if not default_names():
+            raise ValueError("no bundled default model is installed; give --model CHECKPOINT")
+        denoiser = DefaultDenoisers(blind_spot=args.noise_map, gamma=args.gamma, max_memory=args.max_memory,
+                                    precision=args.precision, device=args.device)
+    else:
+        denoiser = load(args.model, gamma=args.gamma, max_memory=args.max_memory, precision=args.precision,
+                        device=args.device)
     result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet)
     for path in result.written:
         print(f"wrote {path}")
     if args.reference:
-        scores = _reference_psnr(result.written, args.reference, denoiser.channels)
+        scores = _reference_psnr(result.written, args.reference)
         for name, value in scores:
             print(f"PSNR {name}: {value:.2f} dB")
         if scores:
@@ -251,8 +281,36 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    from .pretrained import resolve_model
+    from .train.checkpoint import load_model
+
+    try:
+        result = export_onnx(load_model(resolve_model(args.model)), args.out, opset=args.opset)
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+    print(f"wrote {result['path']}; onnxruntime vs torch: max abs difference {result['max_abs_diff']:.2e}")
+    return EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from .pretrained import bundled_models, default_names, weights_folder
+
+    models, defaults = bundled_models(), default_names()
+    if not models:
+        print(f"no bundled models in {weights_folder()}")
+        return EXIT_OK
+    print(f"{'name':<16}{'channels':>9}  {'stage':<8}{'noise':<12}{'MB':>6}  description")
+    for m in models.values():
+        size = f"{m.file.stat().st_size / 1e6:.1f}" if m.available else "missing"
+        star = " (default)" if m.name in defaults.values() else ""
+        print(f"{m.name:<16}{m.channels:>9}  {m.stage:<8}{m.noise:<12}{size:>6}  {m.description}{star}")
+    return EXIT_OK
+
+
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise, "demo": cmd_demo,
-            "models": cmd_models}
+            "models": cmd_models, "list": cmd_list, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

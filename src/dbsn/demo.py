@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data.io import read_image
+from .figure import before_after
 from .inference import denoise_files, load
 from .metrics import psnr
 from .train import TrainOptions, train
@@ -43,7 +44,7 @@ def run_demo(out_dir: str, steps: int = 300, progress_bar: bool = True) -> int:
     denoiser = load(run_dir / "model.safetensors")
     result = denoise_files(denoiser, [data / "noisy"], out / "denoised")
     print(f"{'image':<12}{'noisy PSNR':>12}{'denoised PSNR':>15}")
-    before, after = [], []
+    before, after, panels, captions = [], [], [], []
     for path in result.written:
         x = torch.from_numpy(read_image(data / "clean" / path.name)[0])
         y = torch.from_numpy(read_image(data / "noisy" / path.name)[0])
@@ -51,6 +52,11 @@ def run_demo(out_dir: str, steps: int = 300, progress_bar: bool = True) -> int:
         before.append(psnr(y, x))
         after.append(psnr(x_hat, x))
         print(f"{path.name:<12}{before[-1]:>12.2f}{after[-1]:>15.2f}")
+        panels.append([y.numpy(), x_hat.numpy(), x.numpy()])
+        captions += [f"{before[-1]:.2f} dB", f"{after[-1]:.2f} dB", path.name]
     print(f"{'mean':<12}{sum(before) / len(before):>12.2f}{sum(after) / len(after):>15.2f}")
     print(f"denoised images written to {out / 'denoised'}")
+    if panels:
+        figure = before_after(panels, ["noisy", "denoised", "clean"], out / "before_after.png", captions)
+        print(f"before/after figure written to {figure}")
     return 1 if result.failed else 0

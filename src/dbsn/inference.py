@@ -14,24 +14,39 @@ import torch
 from .data.io import ImageReadError, list_images, output_suffix, read_image, write_image
 from .metrics import psnr, ssim
 from .nn.registry import model_kind
+from .nn.stage1 import std_n_map
 from .noise import parse_noise
+from .runtime import autocast, check_precision, memory_format_for, resolve_device
+from .pretrained import default_model, resolve_model
 from .train.checkpoint import load_model
-from .train.stage1 import memory_format_for
+from .tiling import DEFAULT_MAX_MEMORY, parse_memory, tiled_apply
 
 log = logging.getLogger("dbsn")
 
 
 class Denoiser:
-    """A trained model ready to denoise.
+    """A trained model ready to denoise (it takes the model over: masks are frozen for inference).
 
     >>> denoiser = dbsn.load("run/model.safetensors")
     >>> clean = denoiser.denoise(noisy)   # (H, W) or (H, W, C); uint8, uint16 or float in [0, 1]
     """
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", gamma: float = 1.0):
-        self.device = torch.device(device)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device = "auto",
+        gamma: float = 1.0,
+        max_memory: int | str = DEFAULT_MAX_MEMORY,
+        precision: str = "fp32",
+    ):
+        self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.eval().to(self.device, memory_format=memory_format_for(self.device))
+        for module in self.model.modules():  # inference only: mask the blind-spot weights once, not per call
+            if hasattr(module, "freeze_mask"):
+                module.freeze_mask()
         self.gamma = gamma
+        self.max_memory = parse_memory(max_memory)
+        self.precision = check_precision(precision)
         self.channels = int(model.config.get("in_channels", 1))
 
     @property
@@ -44,15 +59,34 @@ class Denoiser:
         return model_kind(self.model.config["name"]) == "blind-spot"
 
     def predict(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the model on ``y`` ``(B, C, H, W)`` in [0, 1]; returns its outputs (``x_hat`` clamped to [0, 1])."""
+        """Run the model on ``y`` ``(B, C, H, W)`` in [0, 1]; returns its outputs (``x_hat`` clamped to [0, 1]).
+
+        Images larger than the memory budget go through the model tile by tile
+        (:mod:`dbsn.tiling`), with the same result as one pass.
+        """
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(f"expected a tensor (B, {self.channels}, H, W), got {tuple(y.shape)}")
         with torch.inference_mode():
             y = y.to(self.device, torch.float32, memory_format=memory_format_for(self.device))
-            out = self.model(y, gamma=self.gamma)
+            spec = self.model.tile_spec()
+            if self.is_blind_spot:
+                parts = tiled_apply(self._network(self.model.pixel_parts), y, spec, self.max_memory)
+                out = self.model.assemble(y, parts, gamma=self.gamma)  # averages and fusion in fp32
+            else:
+                out = tiled_apply(self._network(self.model), y, spec, self.max_memory)
             out = {k: v.float().cpu() for k, v in out.items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         return out
+
+    def _network(self, fn):
+        """``fn`` under this denoiser's precision, with fp32 outputs."""
+
+        def run(y: torch.Tensor) -> dict[str, torch.Tensor]:
+            with autocast(self.precision, self.device):
+                out = fn(y)
+            return {k: v.float() for k, v in out.items()}
+
+        return run
 
     def denoise(self, image: np.ndarray, return_std_n: bool = False):
         """Denoise one image array; the result has the input's shape and dtype.
@@ -90,13 +124,6 @@ class Denoiser:
         return result
 
 
-def std_n_map(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The estimated noise std ``(B, H, W)`` in 0-255 units (root of the mean channel variance)."""
-    var_n = out["var_n"].clamp_min(0).mean(1)
-    h, w = out["mu"].shape[-2:]
-    return 255.0 * var_n.sqrt().expand(var_n.shape[0], h, w)
-
-
 def _match_channels(chw: np.ndarray, channels: int, what: str) -> np.ndarray:
     c = chw.shape[0]
     if c == channels:
@@ -110,9 +137,20 @@ def _match_channels(chw: np.ndarray, channels: int, what: str) -> np.ndarray:
     )
 
 
-def load(path: str | os.PathLike, device: str = "cpu", gamma: float = 1.0) -> Denoiser:
-    """Load a checkpoint (``.pt``) or weights file (``.safetensors``) as a :class:`Denoiser`."""
-    return Denoiser(load_model(path), device=device, gamma=gamma)
+def load(
+    model: str | os.PathLike,
+    device: str = "auto",
+    gamma: float = 1.0,
+    max_memory: int | str = DEFAULT_MAX_MEMORY,
+    precision: str = "fp32",
+) -> Denoiser:
+    """Load a checkpoint (``.pt``), a weights file (``.safetensors``) or a bundled model by name.
+
+    >>> dbsn.load("run/model.safetensors")   # a model you trained
+    >>> dbsn.load("gray")                     # a bundled model (``dbsn list``)
+    """
+    return Denoiser(load_model(resolve_model(model)), device=device, gamma=gamma, max_memory=max_memory,
+                    precision=precision)
 
 
 @dataclass
@@ -133,8 +171,22 @@ def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+class DefaultDenoisers:
+    """The bundled default model for each channel count, loaded on first use."""
+
+    def __init__(self, blind_spot: bool = False, **load_options):
+        self.blind_spot, self.load_options, self._loaded = blind_spot, load_options, {}
+
+    def __call__(self, channels: int) -> Denoiser:
+        if channels not in self._loaded:
+            name = default_model(channels, blind_spot=self.blind_spot)
+            log.info("using the bundled model %r for %d-channel images", name, channels)
+            self._loaded[channels] = load(name, **self.load_options)
+        return self._loaded[channels]
+
+
 def denoise_files(
-    denoiser: Denoiser,
+    denoiser: Denoiser | DefaultDenoisers | None,
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     noise_map: bool = False,
@@ -142,13 +194,18 @@ def denoise_files(
 ) -> FileResult:
     """Denoise image files into ``out_dir``, keeping each file's bit depth.
 
+    ``denoiser=None`` picks, for each file, the bundled default model that matches its
+    channels (gray or colour); with ``noise_map``, the stage-1 model behind that default.
     A file that cannot be read or denoised is logged and skipped; the others go on.
     An output that would land on an input file is refused: inputs are never overwritten.
     With ``noise_map``, ``<name>_std_n.tiff`` holds the estimated noise std (0-255 units, float32).
     """
     from tqdm import tqdm
 
-    if noise_map and not denoiser.is_blind_spot:
+    pick = denoiser if isinstance(denoiser, DefaultDenoisers) else None
+    if denoiser is None:
+        pick = DefaultDenoisers(blind_spot=noise_map)
+    if noise_map and pick is None and not denoiser.is_blind_spot:
         raise ValueError("--noise-map needs a stage-1 model (it carries the noise estimator); this one is a student")
     paths = collect_inputs(inputs)
     out_dir = Path(out_dir)
@@ -162,8 +219,11 @@ def denoise_files(
             for t in (target, std_target) if noise_map else (target,):
                 if t.resolve() in input_set:
                     raise ValueError(f"{path}: the output {t} would overwrite an input; choose another output folder")
-            chw = _match_channels(y, denoiser.channels, str(path))
-            out = denoiser.predict(torch.from_numpy(chw)[None])
+            model = pick(y.shape[0]) if pick is not None else denoiser
+            if noise_map and not model.is_blind_spot:
+                raise ValueError(f"{path}: --noise-map needs a stage-1 model (it carries the noise estimator)")
+            chw = _match_channels(y, model.channels, str(path))
+            out = model.predict(torch.from_numpy(chw)[None])
             x_hat = out["x_hat"][0].numpy()
             if x_hat.shape[0] != y.shape[0]:
                 x_hat = np.repeat(x_hat, y.shape[0], axis=0)
@@ -171,7 +231,7 @@ def denoise_files(
             if noise_map:
                 write_image(std_target, std_n_map(out).numpy(), bits=32)
                 result.written.append(std_target)
-        except (ImageReadError, ValueError, OSError, RuntimeError) as err:
+        except (ImageReadError, ValueError, OSError, RuntimeError, LookupError) as err:
             log.error("skipped: %s", err)
             result.failed.append((path, str(err)))
     return result

@@ -81,6 +81,7 @@ class DBSN(nn.Module):
             raise ValueError(
                 f"need in_channels >= 1, width >= 1, blocks >= 0; got {in_channels}, {width}, {blocks}"
             )
+        self.width = width
         self.head = nn.Sequential(conv1x1(in_channels, width), nn.ReLU(inplace=True))
         self.branch3 = BlindSpotBranch(width, 3, blocks, mask_mode)
         self.branch5 = BlindSpotBranch(width, 5, blocks, mask_mode)

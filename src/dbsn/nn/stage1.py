@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import linalg
 from ..fusion import bayes_fusion
+from ..tiling import TileSpec
 from .bsn import DBSN, DilatedInceptionBlock
 from .heads import NoiseEstimator, VarMuHead
 from .registry import register_model
@@ -63,23 +64,59 @@ class DBSNModel(nn.Module):
     def head_parameters(self):
         return list(self.var_mu_head.parameters()) + list(self.noise_estimator.parameters())
 
-    def uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
-        """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""
-        average = self.noise_model != "hg"
-        s_mu = self.var_mu_head(f, average=self.noise_model == "mg")
-        s_n = self.noise_estimator(mu if self.noise_model == "hg" else y, average=average)
+    def tile_spec(self) -> TileSpec:
+        """Context radius and a generous estimate of the inference memory per pixel, for tiling."""
+        return TileSpec(radius=self.radius, align=1, bytes_per_pixel=4 * 24 * self.bsn.width)
+
+    def pixel_uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
+        """``(s_mu, s_n)`` per pixel, before any averaging over the image."""
+        s_mu = self.var_mu_head(f, average=False)
+        s_n = self.noise_estimator(mu if self.noise_model == "hg" else y, average=False)
         return s_mu, s_n
 
-    def forward(self, y: torch.Tensor, gamma: float = 1.0) -> dict[str, torch.Tensor]:
-        if y.dim() != 4 or y.shape[1] != self.in_channels:
-            raise ValueError(f"expected y of shape (B, {self.in_channels}, H, W), got {tuple(y.shape)}")
+    def average(self, s_mu: torch.Tensor, s_n: torch.Tensor):
+        """Average over the image where the noise model says so: ``s_n`` for AWGN and MG, ``s_mu`` for MG."""
+        if self.noise_model == "mg":
+            s_mu = s_mu.mean(dim=(-2, -1), keepdim=True)
+        if self.noise_model != "hg":
+            s_n = s_n.mean(dim=(-2, -1), keepdim=True)
+        return s_mu, s_n
+
+    def uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
+        """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""
+        return self.average(*self.pixel_uncertainty(y, mu, f))
+
+    def pixel_parts(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``mu`` and the per-pixel ``s_mu``, ``s_n``: all local, so they can be computed tile by tile."""
         mu, f = self.bsn(y)
-        s_mu, s_n = self.uncertainty(y, mu, f)
+        s_mu, s_n = self.pixel_uncertainty(y, mu, f)
+        return {"mu": mu, "s_mu": s_mu, "s_n": s_n}
+
+    def assemble(self, y: torch.Tensor, parts: dict[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        """The outputs of :meth:`forward` from :meth:`pixel_parts`: image averages, then the fusion."""
+        mu = parts["mu"]
+        s_mu, s_n = self.average(parts["s_mu"], parts["s_n"])
         out = {"mu": mu, "x_hat": bayes_fusion(y, mu, s_mu, s_n, gamma)}
         if self.noise_model == "mg":
             out.update(cov_mu=s_mu, cov_n=s_n)
         out.update(var_mu=linalg.diagonal(s_mu), var_n=linalg.diagonal(s_n))
         return out
+
+    def forward(self, y: torch.Tensor, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        if y.dim() != 4 or y.shape[1] != self.in_channels:
+            raise ValueError(f"expected y of shape (B, {self.in_channels}, H, W), got {tuple(y.shape)}")
+        return self.assemble(y, self.pixel_parts(y), gamma)
+
+
+def std_n_map(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The estimated noise std ``(B, H, W)`` in 0-255 units: root of the mean channel variance.
+
+    The one definition behind ``noise_std_est`` in training logs, ``dbsn evaluate`` and the
+    noise map of ``dbsn denoise``.
+    """
+    var_n = out["var_n"].clamp_min(0).mean(1)
+    h, w = out["mu"].shape[-2:]
+    return 255.0 * var_n.sqrt().expand(var_n.shape[0], h, w)
 
 
 def _kaiming_init(module: nn.Module) -> None:

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import TileSpec
 from .registry import register_model
 
 
 def haar_dwt(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2-D Haar transform: ``(B, C, H, W) -> (B, 4C, H/2, W/2)`` as ``[LL, LH, HL, HH]`` blocks."""
     b, c, h, w = x.shape
-    q = F.pixel_unshuffle(x, 2).view(b, c, 4, h // 2, w // 2)  # the 2x2 neighbours a, b, c, d
+    q = F.pixel_unshuffle(x, 2).reshape(b, c, 4, h // 2, w // 2)  # the 2x2 neighbours a, b, c, d
     a, b_, c_, d = q.unbind(2)
     return 0.5 * torch.cat([a + b_ + c_ + d, -a - b_ + c_ + d, -a + b_ - c_ + d, a - b_ - c_ + d], dim=1)
 
@@ -30,7 +31,7 @@ def haar_iwt(z: torch.Tensor) -> torch.Tensor:
     c = ll + lh - hl - hh
     d = ll + lh + hl + hh
     n, ch, h, w = ll.shape
-    return F.pixel_shuffle(0.5 * torch.stack([a, b, c, d], dim=2).view(n, ch * 4, h, w), 2)
+    return F.pixel_shuffle(0.5 * torch.stack([a, b, c, d], dim=2).reshape(n, ch * 4, h, w), 2)
 
 
 def conv_relu(c_in: int, c_out: int, n: int) -> nn.Sequential:
@@ -41,12 +42,13 @@ def conv_relu(c_in: int, c_out: int, n: int) -> nn.Sequential:
 
 
 def _pad_to_multiple(y: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom and right by repeating the edge, to a multiple of ``multiple``.
+
+    No branch on the size, so that an ONNX export keeps height and width dynamic
+    (training patches are multiples already and never see the padding).
+    """
     h, w = y.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        y = F.pad(y, (0, pw, 0, ph), mode=mode)
-    return y, (h, w)
+    return F.pad(y, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate"), (h, w)
 
 
 class MWCNN(nn.Module):
@@ -61,7 +63,7 @@ class MWCNN(nn.Module):
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (160, 256, 256), depth: int = 4):
         super().__init__()
         widths = tuple(widths)
-        self.in_channels, self.levels = in_channels, len(widths)
+        self.in_channels, self.levels, self.widths, self.depth = in_channels, len(widths), widths, depth
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         c_prev = in_channels
@@ -71,6 +73,13 @@ class MWCNN(nn.Module):
             self.up.append(nn.Sequential(up, nn.Conv2d(c, 4 * c_prev, 3, padding=1),
                                          *([] if i == 0 else [nn.ReLU(inplace=True)])))
             c_prev = c
+
+    def tile_spec(self) -> TileSpec:
+        # level i works at scale s = 2^(i+1): 2 * depth 3x3 convs reach depth * 2s pixels, and the
+        # Haar blocks of the DWT and the IWT reach s / 2 each
+        radius = sum(2 ** (i + 1) * (2 * self.depth + 1) for i in range(self.levels))
+        floats = sum(4 * w / 4 ** (i + 1) for i, w in enumerate(self.widths)) + 16 * self.in_channels
+        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(4 * 4 * floats))
 
     def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
         padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
@@ -93,7 +102,7 @@ class UNetSmall(nn.Module):
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2):
         super().__init__()
         widths = tuple(widths)
-        self.levels = len(widths) - 1
+        self.in_channels, self.levels, self.widths, self.depth = in_channels, len(widths) - 1, widths, depth
         self.inc = conv_relu(in_channels, widths[0], depth)
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 2, stride=2), nn.ReLU(inplace=True),
@@ -103,6 +112,13 @@ class UNetSmall(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(self.levels))
         self.decs = nn.ModuleList(conv_relu(2 * widths[i], widths[i], depth) for i in range(self.levels))
         self.out = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+
+    def tile_spec(self) -> TileSpec:
+        # at level i (scale 2^i): the stride-2 conv and the transposed conv reach 2^i each, the
+        # depth convs of the encoder at level i + 1 reach depth * 2^(i+1), the decoder's depth * 2^i
+        radius = self.depth + 1 + sum(2**i * (2 + 3 * self.depth) for i in range(self.levels))
+        floats = sum(5 * w / 4**i for i, w in enumerate(self.widths)) + 4 * self.in_channels
+        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(4 * 4 * floats))
 
     def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
         padded, (h, w) = _pad_to_multiple(y, 2**self.levels)

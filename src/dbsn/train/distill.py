@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import linalg
+from .. import distributed, linalg
 from ..data import PatchSampler, load_folder, seeded_generator
+from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
 from ..nn.registry import model_kind
+from ..pretrained import resolve_model
+from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
 from .checkpoint import load_model
 from .loop import check_budget, cosine, prepare_run, run_loop
-from .stage1 import PRECISIONS, _autocast, memory_format_for, resolve_device
 
 log = logging.getLogger("dbsn")
 
@@ -53,7 +55,7 @@ class DistillOptions:
     val_patches: int = 16
     val_every: int = 200
     save_every: int = 500
-    device: str = "cpu"
+    device: str = "auto"
 
     def validate(self) -> None:
         if not self.teacher:
@@ -68,8 +70,7 @@ class DistillOptions:
             raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
         if self.weight_noisy < 0 or self.weight_clean < 0:
             raise ValueError("loss weights must be non-negative")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if model_kind(self.student) != "student":
             raise ValueError(f"--student must be a student model (e.g. unet_small, mwcnn), got {self.student!r}")
 
@@ -106,35 +107,41 @@ def apply_factor(factor: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class DistillData:
     """Teacher targets for the noisy images, noise factors for the clean ones, and samplers."""
 
-    def __init__(self, options: DistillOptions, teacher, generator: torch.Generator):
+    def __init__(self, options: DistillOptions, teacher, generator: torch.Generator,
+                 device: torch.device = torch.device("cpu"), ctx: Context = Context()):
+        from ..inference import Denoiser
+
         channels = int(teacher.config["in_channels"])
         noisy = load_folder(options.noisy, channels)
         self.channels = channels
-        log.info("teacher: denoising %d noisy images", len(noisy))
-        x_hat = []
-        with torch.no_grad():
-            for y in noisy.images:
-                x_hat.append(teacher(y[None])["x_hat"][0].clamp(0, 1))
+        noisy_images = ctx.shard(noisy.images)  # each rank: its own shard of both folders
+        log.info("teacher: denoising %d noisy images", len(noisy_images))
+        judge = Denoiser(teacher, device=device)  # tiles large images within its memory budget
+        x_hat = [judge.predict(y[None])["x_hat"][0] for y in noisy_images]
         clean_images, self.skipped = [], list(noisy.skipped)
         for folder in options.clean:
             loaded = load_folder(folder, channels)
             clean_images += loaded.images
             self.skipped += loaded.skipped
+        clean_images = ctx.shard(clean_images)
+        teacher.cpu()
         self.factors = [noise_factor(teacher, x) for x in clean_images]
+        if ctx.enabled:
+            generator.manual_seed(ctx.seed(options.seed))
         per_pixel = teacher.noise_model == "hg"
         n_noisy, n_clean = options.split()
         self.n_noisy, self.n_clean = n_noisy, n_clean
         # the noisy sampler pairs y with the teacher's x_hat; the clean sampler pairs x with its
         # per-pixel noise std (HG), or only x when the factor is one per image
         self.noisy_sampler = PatchSampler(options.patch_size, max(n_noisy, 1), generator,
-                                          noisy=noisy.images, clean=x_hat)
+                                          noisy=noisy_images, clean=x_hat)
         self.clean_sampler = PatchSampler(options.patch_size, max(n_clean, 1), generator, noisy=clean_images,
                                           clean=self.factors if per_pixel else None)
         self.per_pixel = per_pixel
-        self.n_images = (len(noisy.images), len(clean_images))
+        self.n_images = (len(noisy_images), len(clean_images))
         val_gen = seeded_generator(options.seed + 1)
         self.val = self._batch(
-            PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=noisy.images, clean=x_hat),
+            PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=noisy_images, clean=x_hat),
             PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=clean_images,
                          clean=self.factors if per_pixel else None),
             options, val_gen,
@@ -158,21 +165,23 @@ class DistillData:
 class DistillTask:
     log_fields = ["val_psnr_teacher", "val_psnr_synthetic"]
 
-    def __init__(self, options: DistillOptions, device: torch.device):
-        self.options, self.device = options, device
+    def __init__(self, options: DistillOptions, device: torch.device, ctx: Context = Context()):
+        self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
-        teacher = load_model(options.teacher)
+        teacher = load_model(resolve_model(options.teacher))
         if model_kind(teacher.config["name"]) != "blind-spot":
             raise ValueError(f"--teacher must be a stage-1 model from `dbsn train`, got {teacher.config['name']!r}")
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher_config = dict(teacher.config)
-        self.data = DistillData(options, teacher, self.generator)
+        self.data = DistillData(options, teacher, self.generator, device, ctx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
         self.model = model.to(device, memory_format=memory_format_for(device))
+        self.net = distributed.wrap(self.model, ctx, device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+        self.scaler = grad_scaler(options.precision, device)
 
     def step(self, progress: float) -> dict:
         lr = self.options.lr * cosine(progress)
@@ -180,8 +189,8 @@ class DistillTask:
             group["lr"] = lr
         y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.data.sample(self.options, self.generator))
         y = torch.cat([y_i, y_j]).contiguous(memory_format=memory_format_for(self.device))
-        with _autocast(self.options, self.device):
-            pred = self.model(y)["x_hat"]
+        with autocast(self.options.precision, self.device):
+            pred = self.net(y)["x_hat"]
         pred = pred.float()
         n = y_i.shape[0]
         loss = y.new_zeros(())
@@ -190,8 +199,9 @@ class DistillTask:
         if y_j.shape[0]:
             loss = loss + self.options.weight_clean * torch.mean((pred[n:] - x_j) ** 2)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"loss": loss.item(), "phase": "distill", "lr": lr}
 
     @torch.no_grad()
@@ -206,9 +216,14 @@ class DistillTask:
 def distill(options: DistillOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
     """Distil a stage-1 teacher into a student in ``out_dir`` (same files as :func:`dbsn.train.train`)."""
     options.validate()
-    state = prepare_run(out_dir, resume)
-    task = DistillTask(options, resolve_device(options.device))
-    return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
-        "teacher": task.teacher_config, "images_noisy": task.data.n_images[0],
-        "images_clean": task.data.n_images[1], "skipped": [str(p) for p, _ in task.data.skipped],
-    })
+    ctx, device = distributed.setup(options.device)
+    try:
+        state = prepare_run(out_dir, resume, ctx)
+        task = DistillTask(options, device, ctx)
+        return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
+            "teacher": task.teacher_config, "images_noisy": task.data.n_images[0],
+            "images_clean": task.data.n_images[1], "skipped": [str(p) for p, _ in task.data.skipped],
+            "device": str(device),
+        })
+    finally:
+        distributed.teardown(ctx)

@@ -7,10 +7,12 @@ minutes), the progress bar, the CSV log, validation, checkpoints and resume.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +20,7 @@ from typing import Protocol
 import torch
 
 from ..data.io import atomic_path
+from ..distributed import Context, parameter_checksum
 from .checkpoint import read_checkpoint, save_checkpoint, save_weights
 
 log = logging.getLogger("dbsn")
@@ -48,18 +51,24 @@ def check_budget(steps: int | None, minutes: float | None) -> None:
         raise ValueError("the budget must be positive")
 
 
-def prepare_run(out_dir: str, resume: bool) -> dict | None:
-    """Check the run folder; return the checkpoint to resume from, or None for a new run."""
+def prepare_run(out_dir: str, resume: bool, ctx: Context = Context()) -> dict | None:
+    """Check the run folder; return the checkpoint to resume from, or None for a new run.
+
+    Every rank checks the same folder; all of them pass the barrier before any writes.
+    """
     out = Path(out_dir)
     ckpt = out / "checkpoint.pt"
+    state = None
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        return read_checkpoint(ckpt)
-    if ckpt.exists():
+        state = read_checkpoint(ckpt)
+    elif ckpt.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    return state
 
 
 def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar: bool = True,
@@ -70,16 +79,23 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     weights with their configuration), ``log.csv`` and ``run.json``. ``options`` is a
     dataclass with ``steps``, ``minutes``, ``val_every`` and ``save_every``; it is stored
     in every checkpoint.
+
+    Under ``torchrun`` (``task.ctx`` with several ranks) every rank steps, rank 0's clock
+    decides the budget for all, and only rank 0 validates and writes files.
     """
     from tqdm import tqdm
 
+    ctx: Context = getattr(task, "ctx", Context())
     out = Path(out_dir)
     step, elapsed = 0, 0.0
     if state is not None:
         task.model.load_state_dict(state["model"])
         task.optimizer.load_state_dict(state["optimizer"])
-        task.generator.set_state(state["generator"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        if ctx.is_main:
+            task.generator.set_state(state["generator"])
+        else:  # the saved stream is rank 0's; the others restart theirs from their seed and the step
+            task.generator.manual_seed(ctx.seed(options.seed) + step)
         log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
 
     def progress(at_step: int, at_elapsed: float) -> float:
@@ -88,10 +104,12 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
         return at_elapsed / (60.0 * options.minutes)
 
     def checkpoint() -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint(
             out / "checkpoint.pt", task.model, optimizer=task.optimizer.state_dict(),
             generator=task.generator.get_state(), step=step, elapsed_s=elapsed,
-            options=json.dumps(asdict(options)),
+            options=json.dumps(asdict(options)), world_size=ctx.world_size,
         )
 
     fields = ["step", "phase", "loss", "lr", "elapsed_s", *task.log_fields]
@@ -99,12 +117,13 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     new_log = not log_path.exists()
     total = options.steps if options.steps is not None else int(60 * options.minutes)
     last_val: dict = {}
-    with open(log_path, "a", newline="") as log_file, tqdm(
+    log_file = open(log_path, "a", newline="") if ctx.is_main else nullcontext(io.StringIO())
+    with log_file as log_fh, tqdm(
         total=total, initial=min(step if options.steps else int(elapsed), total),
-        unit="step" if options.steps else "s", disable=not progress_bar, dynamic_ncols=True,
+        unit="step" if options.steps else "s", disable=not (progress_bar and ctx.is_main), dynamic_ncols=True,
     ) as bar:
-        writer = csv.DictWriter(log_file, fieldnames=fields, extrasaction="ignore")
-        if new_log:
+        writer = csv.DictWriter(log_fh, fieldnames=fields, extrasaction="ignore")
+        if new_log and ctx.is_main:
             writer.writeheader()
         task.model.train()
         while progress(step, elapsed) < 1.0:
@@ -115,28 +134,35 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
                     f"loss became {row['loss']} at step {step}; lower --lr or use --precision fp32"
                 )
             step += 1
-            if step % options.val_every == 0 or progress(step, elapsed + time.perf_counter() - t0) >= 1.0:
+            # rank 0's clock: every rank must take the same number of steps and the same phases
+            t_step = ctx.broadcast_float(time.perf_counter() - t0)
+            validate = step % options.val_every == 0 or progress(step, elapsed + t_step) >= 1.0
+            if validate and ctx.is_main:
                 task.model.eval()
                 last_val = task.validate()
                 task.model.train()
-            elapsed += time.perf_counter() - t0
+            elapsed += ctx.broadcast_float(time.perf_counter() - t0)
             writer.writerow({
                 **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
-                **({k: f"{v:.6g}" for k, v in last_val.items()} if step % options.val_every == 0
-                   or progress(step, elapsed) >= 1.0 else {}),
+                **({k: f"{v:.6g}" for k, v in last_val.items()} if validate else {}),
                 "step": step, "elapsed_s": f"{elapsed:.2f}",
             })
             if step % options.val_every == 0:
-                log_file.flush()
+                log_fh.flush()
             if step % options.save_every == 0:
                 checkpoint()
             bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4g}",
                             **({"std_n": f"{last_val['noise_std_est']:.1f}"} if "noise_std_est" in last_val else {}))
             bar.update((1 if options.steps else int(elapsed) - bar.n) if bar.n < total else 0)
     checkpoint()
-    save_weights(out / "model.safetensors", task.model.eval())
+    checksums = ctx.gather_floats(parameter_checksum(task.model))
     summary = {"steps": step, "elapsed_s": round(elapsed, 1), "model": task.model.config,
-               "last_validation": last_val, "options": asdict(options), **(extra_summary or {})}
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+               "last_validation": last_val, "options": asdict(options), "world_size": ctx.world_size,
+               **(extra_summary or {})}
+    if ctx.enabled:
+        summary["rank_parameter_checksums"] = checksums
+    if ctx.is_main:
+        save_weights(out / "model.safetensors", task.model.eval())
+        with atomic_path(out / "run.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
     return summary

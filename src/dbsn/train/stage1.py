@@ -14,23 +14,24 @@ Schedules:
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from .. import losses
+from .. import distributed, losses
 from ..data import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
-from ..nn.stage1 import NOISE_MODELS
+from ..nn.stage1 import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
+from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
 from .loop import check_budget, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class TrainOptions:
     val_patches: int = 16
     val_every: int = 200
     save_every: int = 500
-    device: str = "cpu"
+    device: str = "auto"
 
     def validate(self) -> None:
         """Raise ``ValueError`` with what to change when options do not fit together."""
@@ -82,8 +83,7 @@ class TrainOptions:
             raise ValueError(f"loss must be 'nll' or 'dbsn', got {self.loss!r}")
         if not 0.0 <= self.trace_weight <= 1.0:
             raise ValueError(f"trace weight must be in [0, 1] (1: the paper's loss, 0: the NLL), got {self.trace_weight}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:
@@ -121,7 +121,7 @@ def phase_at(options: TrainOptions, progress: float) -> Phase:
 class Stage1Data:
     """Training sampler and fixed validation patches for one run."""
 
-    def __init__(self, options: TrainOptions, generator: torch.Generator):
+    def __init__(self, options: TrainOptions, generator: torch.Generator, ctx: Context = Context()):
         folder = load_folder(options.noisy or options.clean, options.channels)
         self.folder: ImageFolder = folder
         self.channels = folder.channels
@@ -135,9 +135,12 @@ class Stage1Data:
                 noisy = [noise.add_protocol(x, seed=0) for x in clean]
         train_idx, val_idx = split_validation(len(folder), options.val_fraction, generator)
         pick = lambda items, idx: None if items is None else [items[i] for i in idx]  # noqa: E731
+        if ctx.enabled:  # each rank its own shard of the images and its own stream of patches
+            generator.manual_seed(ctx.seed(options.seed))
+        shard = ctx.shard(train_idx)
         self.sampler = PatchSampler(
             options.patch_size, options.batch_size, generator,
-            noisy=pick(noisy, train_idx), clean=pick(clean, train_idx), noise=noise,
+            noisy=pick(noisy, shard), clean=pick(clean, shard), noise=noise,
         )
         held_out = val_idx or train_idx
         val_gen = seeded_generator(options.seed + 1)
@@ -149,21 +152,29 @@ class Stage1Data:
         self.n_train, self.n_val = len(train_idx), len(val_idx)
 
 
-def _autocast(options: TrainOptions, device: torch.device):
-    if options.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+class Stage1Objective(nn.Module):
+    """The loss of one batch in one phase, as one module call (so that DDP can wrap it).
 
+    The D-BSN runs under the chosen precision; the heads, the variances and the
+    log-determinants always run in fp32, where they stay finite.
+    """
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    def __init__(self, model: nn.Module, options: TrainOptions):
+        super().__init__()
+        self.model, self.options = model, options
 
-
-def memory_format_for(device: torch.device):
-    """Channels-last on the CPU, where it measured faster for these convolutions."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    def forward(self, y: torch.Tensor, phase: str) -> torch.Tensor:
+        with autocast(self.options.precision, y.device):
+            if phase == "heads":
+                with torch.no_grad():
+                    mu, f = self.model.bsn(y)
+            else:
+                mu, f = self.model.bsn(y)
+        mu, f = mu.float(), f.float()
+        if phase == "mu":
+            return losses.l2_loss(y, mu)
+        s_mu, s_n = self.model.uncertainty(y, mu, f)
+        return losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
 
 
 class Stage1Task:
@@ -171,10 +182,10 @@ class Stage1Task:
 
     log_fields = ["val_nll", "val_psnr_mu", "val_psnr", "noise_std_est"]
 
-    def __init__(self, options: TrainOptions, device: torch.device):
-        self.options, self.device = options, device
+    def __init__(self, options: TrainOptions, device: torch.device, ctx: Context = Context()):
+        self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
-        self.data = Stage1Data(options, self.generator)
+        self.data = Stage1Data(options, self.generator, ctx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
             model = create_model(
@@ -182,30 +193,22 @@ class Stage1Task:
                 noise_model=options.resolved_noise_model(), **options.model_kwargs,
             )
         self.model = model.to(device, memory_format=memory_format_for(device))
+        self.objective = distributed.wrap(Stage1Objective(self.model, options), ctx, device)
         self.optimizer = torch.optim.Adam(
             [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
         )
+        self.scaler = grad_scaler(options.precision, device)
 
     def step(self, progress: float) -> dict:
         phase = phase_at(self.options, progress)
         lr = self._set_lr(phase)
         y, _ = self.data.sampler.sample()
         y = y.to(self.device, memory_format=memory_format_for(self.device))
-        with _autocast(self.options, self.device):
-            if phase.name == "heads":
-                with torch.no_grad():
-                    mu, f = self.model.bsn(y)
-            else:
-                mu, f = self.model.bsn(y)
-        mu, f = mu.float(), f.float()
-        if phase.name == "mu":
-            loss = losses.l2_loss(y, mu)
-        else:
-            s_mu, s_n = self.model.uncertainty(y, mu, f)
-            loss = losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
+        loss = self.objective(y, phase.name)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"loss": loss.item(), "phase": phase.name, "lr": lr}
 
     def _set_lr(self, phase: Phase) -> float:
@@ -226,7 +229,7 @@ class Stage1Task:
         s_n = out.get("cov_n", out["var_n"])
         result = {
             "val_nll": losses.nll_loss(y, out["mu"], s_mu, s_n).item(),
-            "noise_std_est": 255.0 * out["var_n"].clamp_min(0).sqrt().mean().item(),
+            "noise_std_est": std_n_map(out).mean().item(),
         }
         if self.data.val_x is not None:
             x = self.data.val_x.to(self.device)
@@ -242,10 +245,14 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
     weights), ``log.csv`` and ``run.json``.
     """
     options.validate()
-    state = prepare_run(out_dir, resume)
-    task = Stage1Task(options, resolve_device(options.device))
-    data = task.data
-    return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
-        "images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
-        "skipped": [str(p) for p, _ in data.folder.skipped],
-    })
+    ctx, device = distributed.setup(options.device)
+    try:
+        state = prepare_run(out_dir, resume, ctx)
+        task = Stage1Task(options, device, ctx)
+        data = task.data
+        return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
+            "images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
+            "skipped": [str(p) for p, _ in data.folder.skipped], "device": str(device),
+        })
+    finally:
+        distributed.teardown(ctx)

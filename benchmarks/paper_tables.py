@@ -1,0 +1,142 @@
+"""The README results table: every bundled model on the paper's protocol, BM3D beside it, one run.
+
+    python benchmarks/paper_tables.py --out benchmarks/results.md
+    python benchmarks/paper_tables.py --images 4 --no-bm3d      # a quick look
+
+For each bundled model (``dbsn list``) the rows its noise applies to: gray AWGN models
+on BSD68 at sigma 15 / 25 / 50, gray HG models on BSD68 ``hg:40,10``, colour models on
+CBSD68 likewise and MG on CBSD68 ``mg``. The protocol is METHOD.md section 5 (seed 0
+per image, noisy input neither clipped nor quantised, output clamped, float PSNR).
+
+BM3D (``pip install bm3d``) runs on the same noisy images: ``bm3d.bm3d`` for gray,
+``bm3d.bm3d_rgb`` for colour, told the true noise std for AWGN; for HG and MG, which
+BM3D does not model, it is told the root-mean-square noise std of each image. The
+paper's numbers (METHOD.md section 7) sit in the last columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+# (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
+PAPER = {
+    (1, "awgn:15"): (31.07, 31.24, 31.82), (1, "awgn:25"): (28.57, 28.88, 29.38),
+    (1, "awgn:50"): (25.62, 25.81, 26.51), (1, "hg:40,10"): (23.84, 29.13, 30.10),
+    (3, "awgn:15"): (33.52, 33.56, 34.02), (3, "awgn:25"): (30.71, 30.61, 31.40),
+    (3, "awgn:50"): (27.38, 27.41, 28.25), (3, "hg:40,10"): (23.21, 30.53, 31.72),
+    (3, "mg"): (24.07, 26.48, 26.81),
+}
+TEST_SET = {1: "bsd68", 3: "cbsd68"}
+
+
+def rows_for(model) -> list[str]:
+    """The noise specs a bundled model is scored on."""
+    kind = model.noise.split(":")[0]
+    if kind == "awgn":
+        return ["awgn:15", "awgn:25", "awgn:50"]
+    if kind in ("hg", "hg-indep"):
+        return ["hg:40,10"]
+    if kind.startswith("mg"):
+        return ["mg"] if model.channels == 3 else []
+    return []
+
+
+def bm3d_scores(clean: Path, noise: str, channels: int, n: int | None) -> tuple[float, float]:
+    """Mean PSNR and median seconds per image of BM3D on the protocol's noisy images."""
+    import bm3d
+    import torch
+
+    from dbsn.data import list_images, read_image
+    from dbsn.metrics import psnr
+    from dbsn.noise import parse_noise
+
+    model, scores, seconds = parse_noise(noise), [], []
+    for path in list_images(clean)[:n]:
+        x = torch.from_numpy(read_image(path, channels=channels)[0])
+        y = model.add_protocol(x, seed=0)
+        std = float((y - x).pow(2).mean().sqrt()) if model.kind != "awgn" else model.std / 255.0
+        start = time.perf_counter()
+        if channels == 1:
+            out = bm3d.bm3d(y[0].numpy(), sigma_psd=std)[None]
+        else:
+            out = bm3d.bm3d_rgb(y.numpy().transpose(1, 2, 0), sigma_psd=std).transpose(2, 0, 1)
+        seconds.append(time.perf_counter() - start)
+        scores.append(psnr(torch.from_numpy(out.copy()).float().clamp(0, 1), x))
+    return sum(scores) / len(scores), statistics.median(seconds)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", type=Path, default=DATASETS)
+    p.add_argument("--images", type=int, help="only the first N images of each set (a quick look)")
+    p.add_argument("--no-bm3d", action="store_true")
+    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = p.parse_args()
+
+    import dbsn
+    from dbsn.inference import evaluate
+    from dbsn.pretrained import bundled_models
+
+    models = [m for m in bundled_models().values() if m.available]
+    if not models:
+        print("no bundled models with weights installed (see `dbsn list`)", file=sys.stderr)
+        return 2
+    lines = ["| set | noise | model | stage | PSNR | SSIM | s/img | BM3D here | s/img | paper BM3D | "
+             "paper D-BSN | paper DBSN |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    bm3d_cache: dict = {}
+    for model in models:
+        for noise in rows_for(model):
+            set_name = TEST_SET[model.channels]
+            clean = args.datasets / set_name
+            if not clean.is_dir():
+                print(f"skipping {set_name}: {clean} not found", file=sys.stderr)
+                continue
+            if args.images:
+                import tempfile
+
+                from dbsn.data import list_images
+
+                subset = Path(tempfile.mkdtemp(prefix="dbsn-subset-"))
+                for path in list_images(clean)[: args.images]:
+                    os.symlink(path, subset / path.name)
+                clean_used = subset
+            else:
+                clean_used = clean
+            result = evaluate(dbsn.load(model.name, device="cpu"), clean_used, noise)
+            key = (model.channels, noise)
+            if not args.no_bm3d and key not in bm3d_cache:
+                bm3d_cache[key] = bm3d_scores(clean, noise, model.channels, args.images)
+            b = bm3d_cache.get(key)
+            paper = PAPER.get(key, (None, None, None))
+            cell = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
+            lines.append(
+                f"| {set_name} | {noise} | {model.name} | {model.stage} | {cell(result['psnr'])} | "
+                f"{cell(result['ssim'], '.4f')} | {cell(result['seconds_per_image_median'])} | "
+                f"{cell(b[0] if b else None)} | {cell(b[1] if b else None)} | {cell(paper[0])} | "
+                f"{cell(paper[1])} | {cell(paper[2])} |"
+            )
+            print(lines[-1], flush=True)
+    stamp = (f"{datetime.date.today().isoformat()}, {platform.machine()} {platform.processor() or ''} "
+             f"with {os.cpu_count()} cores, torch {__import__('torch').__version__}, dbsn {dbsn.__version__}"
+             + (f", first {args.images} images only" if args.images else ""))
+    table = "\n".join(lines) + f"\n\nMeasured {stamp}: `python benchmarks/paper_tables.py`.\n"
+    print("\n" + table)
+    if args.out:
+        from dbsn.data.io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Inference speed, peak memory and the PSNR cost of each fast path, all rows in one run.
+
+Every row runs in its own process, so that its peak resident memory is its own. The
+noisy inputs are the first ``--images`` images of a test set with seed-0 AWGN (the
+evaluation protocol); throughput is the median over ``--repeats`` passes.
+
+    python benchmarks/speed.py --model dbsn --model runs/bsd68_s25/run/model.safetensors \\
+        --model runs/bsd68_s25_student/run/model.safetensors --bm3d
+    python benchmarks/speed.py --big 4096 --model runs/bsd68_s25/run/model.safetensors
+
+``--model`` takes a checkpoint or a registered name (random weights: speed only, the
+PSNR column then means nothing). Paths per model: ``fp32 eager`` (plain ``model(y)``
+under ``no_grad``, contiguous memory, masks applied per call), ``fp32 fast`` (the
+:class:`dbsn.Denoiser`: ``inference_mode``, channels-last, masks frozen once) and
+``bf16 fast`` (the same under bf16 autocast; the fusion stays in fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+PATHS = ("fp32 eager", "fp32 fast", "bf16 fast")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _model(spec: str):
+    import dbsn
+    from dbsn.train.checkpoint import load_model
+
+    if Path(spec).is_file():
+        return load_model(spec)
+    return dbsn.create_model(spec).eval()
+
+
+def _inputs(folder: Path, n: int, channels: int, noise: str):
+    import torch
+
+    from dbsn.data import list_images, read_image
+    from dbsn.noise import parse_noise
+
+    model = parse_noise(noise)
+    pairs = []
+    for path in list_images(folder)[:n]:
+        x = torch.from_numpy(read_image(path, channels=channels)[0])
+        pairs.append((model.add_protocol(x, seed=0), x))
+    return pairs
+
+
+def worker(args) -> dict:
+    """One row: time ``args.path`` of ``args.model`` on the noisy images; report speed, memory, PSNR."""
+    import torch
+
+    from dbsn.inference import Denoiser
+    from dbsn.metrics import psnr
+
+    torch.manual_seed(0)
+    if args.path == "bm3d":
+        import bm3d
+
+        pairs = _inputs(args.clean, args.images, 1, args.noise)
+        std = float(args.noise.split(":")[1]) / 255.0
+
+        def run(y):
+            return torch.from_numpy(bm3d.bm3d(y[0].numpy(), sigma_psd=std)[None]).float().clamp(0, 1)
+    else:
+        model = _model(args.model)
+        channels = int(model.config.get("in_channels", 1))
+        pairs = _inputs(args.clean, args.images, channels, args.noise)
+        if args.path == "fp32 eager":
+            def run(y):
+                with torch.no_grad():
+                    return model(y[None])["x_hat"][0].clamp(0, 1)
+        else:
+            denoiser = Denoiser(model, device="cpu", precision=args.path.split()[0])
+
+            def run(y):
+                return denoiser.predict(y[None])["x_hat"][0]
+    if args.big:
+        y = torch.rand(1, args.big, args.big, generator=torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        run(y)
+        seconds = time.perf_counter() - start
+        return {"mpix_s": args.big**2 / seconds / 1e6, "peak_mb": _peak_mb(), "psnr": None, "seconds": seconds}
+    run(pairs[0][0])  # warm-up
+    rates, per_image, outputs = [], [], []
+    for _ in range(args.repeats):
+        pixels, seconds, outputs = 0, 0.0, []
+        for y, _ in pairs:
+            start = time.perf_counter()
+            outputs.append(run(y))
+            seconds += time.perf_counter() - start
+            pixels += y.shape[-1] * y.shape[-2]
+        rates.append(pixels / seconds / 1e6)
+        per_image.append(seconds / len(pairs))
+    scores = [psnr(out, x) for out, (_, x) in zip(outputs, pairs)]
+    return {"mpix_s": statistics.median(rates), "peak_mb": _peak_mb(), "psnr": sum(scores) / len(scores),
+            "seconds": statistics.median(per_image)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], help="checkpoint or registered name (repeatable)")
+    p.add_argument("--set", default="bsd68")
+    p.add_argument("--datasets", type=Path, default=DATASETS)
+    p.add_argument("--noise", default="awgn:25")
+    p.add_argument("--images", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
+    p.add_argument("--bm3d", action="store_true", help="add BM3D on the same images (pip install bm3d)")
+    p.add_argument("--big", type=int, default=0, help="instead: one random gray image of this side, peak memory")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.clean = args.datasets / args.set
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    if not args.big and not args.clean.is_dir():
+        print(f"dataset {args.clean} not found", file=sys.stderr)
+        return 2
+    rows = [(m, path) for m in args.model for path in args.paths.split(",")]
+    if args.bm3d:
+        rows.append(("BM3D", "bm3d"))
+    results = {}
+    for model, path in rows:
+        cmd = [sys.executable, __file__, "--worker", "--model", model, "--path", path, "--set", args.set,
+               "--datasets", str(args.datasets), "--noise", args.noise, "--images", str(args.images),
+               "--repeats", str(args.repeats), "--big", str(args.big)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{model} / {path} failed:\n{done.stderr}", file=sys.stderr)
+            continue
+        results[(model, path)] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  measured {Path(model).name if Path(model).is_file() else model} / {path}", file=sys.stderr)
+
+    what = f"one {args.big}x{args.big} gray image" if args.big else f"{args.images} {args.set} images, {args.noise}"
+    print(f"\n{what}; medians over {args.repeats} repeats; every row in its own process")
+    print(f"{'model':<34}{'path':<12}{'MPix/s':>8}{'s/img':>8}{'x eager':>9}{'peak MB':>9}{'PSNR':>8}{'dPSNR':>8}")
+    for (model, path), r in results.items():
+        base = results.get((model, "fp32 eager"))
+        speed = f"{r['mpix_s'] / base['mpix_s']:.2f}" if base else "-"
+        d = f"{r['psnr'] - base['psnr']:+.3f}" if base and r["psnr"] is not None else "-"
+        name = Path(model).parent.parent.name + "/" + Path(model).name if Path(model).is_file() else model
+        score = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
+        print(f"{name[:33]:<34}{path:<12}{r['mpix_s']:>8.3f}{r['seconds']:>8.2f}{speed:>9}{r['peak_mb']:>9.0f}"
+              f"{score:>8}{d:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
