@@ -17,21 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-
-
-def run(cmd: list[str]) -> float:
-    print("$ " + shlex.join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - start
-
+from common import DATASETS, run
 
 def write_noisy_set(clean: Path, noise: str, channels: int, out: Path) -> None:
     """The protocol's noisy images (seed 0 per image) as float32 TIFF files."""

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from common import DATASETS, first_images
+
 
 # (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
 PAPER = {
@@ -100,18 +101,7 @@ def main() -> int:
             if not clean.is_dir():
                 print(f"skipping {set_name}: {clean} not found", file=sys.stderr)
                 continue
-            if args.images:
-                import tempfile
-
-                from dbsn.data import list_images
-
-                subset = Path(tempfile.mkdtemp(prefix="dbsn-subset-"))
-                for path in list_images(clean)[: args.images]:
-                    os.symlink(path, subset / path.name)
-                clean_used = subset
-            else:
-                clean_used = clean
-            result = evaluate(dbsn.load(model.name, device="cpu"), clean_used, noise)
+            result = evaluate(dbsn.load(model.name, device="cpu"), first_images(clean, args.images), noise)
             key = (model.channels, noise)
             if not args.no_bm3d and key not in bm3d_cache:
                 bm3d_cache[key] = bm3d_scores(clean, noise, model.channels, args.images)

@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from common import DATASETS
+
 PATHS = ("fp32 eager", "fp32 fast", "bf16 fast")
 
 
@@ -74,7 +75,7 @@ def worker(args) -> dict:
         def run(y):
             return torch.from_numpy(bm3d.bm3d(y[0].numpy(), sigma_psd=std)[None]).float().clamp(0, 1)
     else:
-        model = _model(args.model)
+        model = _model(args.model[-1])
         channels = int(model.config.get("in_channels", 1))
         pairs = _inputs(args.clean, args.images, channels, args.noise)
         if args.path == "fp32 eager":
@@ -145,7 +146,8 @@ def main() -> int:
         print(f"  measured {Path(model).name if Path(model).is_file() else model} / {path}", file=sys.stderr)
 
     what = f"one {args.big}x{args.big} gray image" if args.big else f"{args.images} {args.set} images, {args.noise}"
-    print(f"\n{what}; medians over {args.repeats} repeats; every row in its own process")
+    passes = "one pass" if args.big else f"medians over {args.repeats} repeats"
+    print(f"\n{what}; {passes}; every row in its own process")
     print(f"{'model':<34}{'path':<12}{'MPix/s':>8}{'s/img':>8}{'x eager':>9}{'peak MB':>9}{'PSNR':>8}{'dPSNR':>8}")
     for (model, path), r in results.items():
         base = results.get((model, "fp32 eager"))

@@ -15,19 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-
-
-def run(cmd: list[str]) -> None:
-    print("$ " + shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-
+from common import DATASETS, dataset, run
 
 def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
     import bm3d
@@ -68,9 +60,8 @@ def main() -> int:
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
 
-    clean = args.datasets / args.set
-    if not clean.is_dir():
-        print(f"dataset {clean} not found", file=sys.stderr)
+    clean = dataset(args.datasets, args.set)
+    if clean is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"

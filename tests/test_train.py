@@ -138,3 +138,16 @@ def test_options_explain_mistakes(kw, match):
 def test_psnr_reference_value():
     x = torch.zeros(1, 4, 4)
     assert abs(psnr(x + 0.1, x) - 20.0) < 1e-9
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_the_loss_finite(tmp_path, precision):
+    """Autocast runs the D-BSN in low precision; the heads and the loss stay fp32 and finite."""
+    clean = _clean_folder(tmp_path / "clean")
+    opts = _options(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=6, precision=precision,
+                    phase_split=(0.34, 0.33, 0.33), device="cpu")
+    summary = train(opts, str(tmp_path / precision), progress_bar=False)
+    assert summary["steps"] == 6
+    rows = (tmp_path / precision / "log.csv").read_text().strip().splitlines()[1:]
+    assert {r.split(",")[1] for r in rows} == {"mu", "heads", "joint"}
+    assert all(np.isfinite(float(r.split(",")[2])) for r in rows)
