@@ -39,3 +39,19 @@ def first_images(folder: Path, n: int | None) -> Path:
     for path in list_images(folder)[:n]:
         (subset / path.name).symlink_to(path.resolve())
     return subset
+
+
+def bm3d_denoise(y, std: float):
+    """BM3D (gray) or CBM3D (colour) of a noisy ``(C, H, W)`` tensor with noise std ``std`` (0-1 units).
+
+    Returns the estimate as a float32 tensor clamped to [0, 1]. Needs ``pip install bm3d``.
+    """
+    import bm3d
+    import torch
+
+    array = y.numpy()
+    if array.shape[0] == 1:
+        out = bm3d.bm3d(array[0], sigma_psd=std)[None]
+    else:
+        out = bm3d.bm3d_rgb(array.transpose(1, 2, 0), sigma_psd=std).transpose(2, 0, 1)
+    return torch.from_numpy(out.copy()).float().clamp(0, 1)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, first_images
+from common import DATASETS, bm3d_denoise, first_images
 
 
 # (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
@@ -53,7 +53,6 @@ def rows_for(model) -> list[str]:
 
 def bm3d_scores(clean: Path, noise: str, channels: int, n: int | None) -> tuple[float, float]:
     """Mean PSNR and median seconds per image of BM3D on the protocol's noisy images."""
-    import bm3d
     import torch
 
     from dbsn.data import list_images, read_image
@@ -66,12 +65,9 @@ def bm3d_scores(clean: Path, noise: str, channels: int, n: int | None) -> tuple[
         y = model.add_protocol(x, seed=0)
         std = float((y - x).pow(2).mean().sqrt()) if model.kind != "awgn" else model.std / 255.0
         start = time.perf_counter()
-        if channels == 1:
-            out = bm3d.bm3d(y[0].numpy(), sigma_psd=std)[None]
-        else:
-            out = bm3d.bm3d_rgb(y.numpy().transpose(1, 2, 0), sigma_psd=std).transpose(2, 0, 1)
+        out = bm3d_denoise(y, std)
         seconds.append(time.perf_counter() - start)
-        scores.append(psnr(torch.from_numpy(out.copy()).float().clamp(0, 1), x))
+        scores.append(psnr(out, x))
     return sum(scores) / len(scores), statistics.median(seconds)
 
 

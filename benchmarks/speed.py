@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS
+from common import DATASETS, bm3d_denoise
 
 PATHS = ("fp32 eager", "fp32 fast", "bf16 fast")
 
@@ -67,13 +67,11 @@ def worker(args) -> dict:
 
     torch.manual_seed(0)
     if args.path == "bm3d":
-        import bm3d
-
         pairs = _inputs(args.clean, args.images, 1, args.noise)
         std = float(args.noise.split(":")[1]) / 255.0
 
         def run(y):
-            return torch.from_numpy(bm3d.bm3d(y[0].numpy(), sigma_psd=std)[None]).float().clamp(0, 1)
+            return bm3d_denoise(y, std)
     else:
         model = _model(args.model[-1])
         channels = int(model.config.get("in_channels", 1))

@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, dataset, run
+from common import DATASETS, bm3d_denoise, dataset, run
 
 def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
-    import bm3d
     import torch
 
     from dbsn.data import list_images, read_image
@@ -31,17 +30,11 @@ def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
 
     model, rows = parse_noise(noise), []
     for path in list_images(clean)[:n]:
-        x, _ = read_image(path, channels=channels)
-        y = model.add_protocol(torch.from_numpy(x), seed=0).numpy()
+        x = torch.from_numpy(read_image(path, channels=channels)[0])
+        y = model.add_protocol(x, seed=0)
         start = time.perf_counter()
-        std = model.std / 255.0
-        if channels == 1:
-            out = bm3d.bm3d(y[0], sigma_psd=std)[None]
-        else:
-            out = bm3d.bm3d_rgb(y.transpose(1, 2, 0), sigma_psd=std).transpose(2, 0, 1)
-        seconds = time.perf_counter() - start
-        rows.append({"image": path.name, "psnr": psnr(torch.from_numpy(out).float().clamp(0, 1), torch.from_numpy(x)),
-                     "seconds": seconds})
+        out = bm3d_denoise(y, model.std / 255.0)
+        rows.append({"image": path.name, "psnr": psnr(out, x), "seconds": time.perf_counter() - start})
     return rows
 
 

@@ -16,10 +16,10 @@ from .metrics import psnr, ssim
 from .nn.registry import model_kind
 from .nn.stage1 import std_n_map
 from .noise import parse_noise
-from .runtime import autocast, check_precision, memory_format_for, resolve_device
 from .pretrained import default_model, resolve_model
-from .train.checkpoint import load_model
+from .runtime import autocast, check_precision, memory_format_for, resolve_device
 from .tiling import DEFAULT_MAX_MEMORY, parse_memory, tiled_apply
+from .train.checkpoint import load_model
 
 log = logging.getLogger("dbsn")
 
@@ -202,11 +202,14 @@ def denoise_files(
     """
     from tqdm import tqdm
 
-    pick = denoiser if isinstance(denoiser, DefaultDenoisers) else None
     if denoiser is None:
-        pick = DefaultDenoisers(blind_spot=noise_map)
-    if noise_map and pick is None and not denoiser.is_blind_spot:
-        raise ValueError("--noise-map needs a stage-1 model (it carries the noise estimator); this one is a student")
+        denoiser = DefaultDenoisers(blind_spot=noise_map)
+    if isinstance(denoiser, Denoiser):
+        if noise_map and not denoiser.is_blind_spot:
+            raise ValueError("--noise-map needs a stage-1 model (it carries the noise estimator); this one is a student")
+        model_for = lambda channels: denoiser  # noqa: E731
+    else:
+        model_for = denoiser
     paths = collect_inputs(inputs)
     out_dir = Path(out_dir)
     input_set = {p.resolve() for p in paths if p.exists()}
@@ -219,7 +222,7 @@ def denoise_files(
             for t in (target, std_target) if noise_map else (target,):
                 if t.resolve() in input_set:
                     raise ValueError(f"{path}: the output {t} would overwrite an input; choose another output folder")
-            model = pick(y.shape[0]) if pick is not None else denoiser
+            model = model_for(y.shape[0])
             if noise_map and not model.is_blind_spot:
                 raise ValueError(f"{path}: --noise-map needs a stage-1 model (it carries the noise estimator)")
             chw = _match_channels(y, model.channels, str(path))

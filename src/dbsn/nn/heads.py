@@ -66,21 +66,20 @@ class VarMuHead(nn.Module):
         self.channels, self.form = channels, form
         self.net = _conv_stack(width, [head_width, head_width, n_outputs(channels, form)], zero_last=False)
 
-    def forward(self, f: torch.Tensor, average: bool) -> torch.Tensor:
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """``var_mu`` or ``cov_mu`` per pixel."""
         out_mu = self.net(f)
         if self.form == "diag":
-            var_mu = out_mu**2
-            return var_mu.mean(dim=(-2, -1), keepdim=True) if average else var_mu
-        cov_mu = factor_to_cov(lower_triangular(out_mu, self.channels))
-        return cov_mu.mean(dim=(-2, -1), keepdim=True) if average else cov_mu
+            return out_mu**2
+        return factor_to_cov(lower_triangular(out_mu, self.channels))
 
 
 class NoiseEstimator(nn.Module):
     """CNN_est: five 1x1 convolutions ``C -> m -> m -> m -> m -> k``, the last zero-initialised.
 
     Being 1x1 it sees one pixel at a time: the noise is assumed spatially
-    independent. With ``average=True`` (AWGN and MG) the (co)variance is averaged
-    over the image, giving one level per image.
+    independent. It returns a (co)variance per pixel; the stage-1 model averages it
+    over the image where its noise model has one level per image (AWGN and MG).
     """
 
     def __init__(self, channels: int, form: str, head_width: int):
@@ -88,11 +87,9 @@ class NoiseEstimator(nn.Module):
         self.channels, self.form = channels, form
         self.net = _conv_stack(channels, [head_width] * 4 + [n_outputs(channels, form)], zero_last=True)
 
-    def forward(self, image: torch.Tensor, average: bool) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``var_n`` or ``cov_n`` per pixel."""
         out_n = self.net(image)
         if self.form == "diag":
-            var_n = noise_std_transform(out_n) ** 2
-            return var_n.mean(dim=(-2, -1), keepdim=True) if average else var_n
-        factor = lower_triangular(out_n, self.channels, diag_fn=noise_std_transform)
-        cov_n = factor_to_cov(factor)
-        return cov_n.mean(dim=(-2, -1), keepdim=True) if average else cov_n
+            return noise_std_transform(out_n) ** 2
+        return factor_to_cov(lower_triangular(out_n, self.channels, diag_fn=noise_std_transform))

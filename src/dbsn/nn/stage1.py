@@ -70,17 +70,17 @@ class DBSNModel(nn.Module):
 
     def pixel_uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
         """``(s_mu, s_n)`` per pixel, before any averaging over the image."""
-        s_mu = self.var_mu_head(f, average=False)
-        s_n = self.noise_estimator(mu if self.noise_model == "hg" else y, average=False)
-        return s_mu, s_n
+        return self.var_mu_head(f), self.noise_estimator(mu if self.noise_model == "hg" else y)
+
+    def average_noise(self, s_n: torch.Tensor) -> torch.Tensor:
+        """``s_n`` averaged over the image for AWGN and MG (one level per image); per pixel for HG."""
+        return s_n if self.noise_model == "hg" else s_n.mean(dim=(-2, -1), keepdim=True)
 
     def average(self, s_mu: torch.Tensor, s_n: torch.Tensor):
         """Average over the image where the noise model says so: ``s_n`` for AWGN and MG, ``s_mu`` for MG."""
         if self.noise_model == "mg":
             s_mu = s_mu.mean(dim=(-2, -1), keepdim=True)
-        if self.noise_model != "hg":
-            s_n = s_n.mean(dim=(-2, -1), keepdim=True)
-        return s_mu, s_n
+        return s_mu, self.average_noise(s_n)
 
     def uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
         """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""

@@ -89,8 +89,7 @@ def noise_factor(teacher, x: torch.Tensor) -> torch.Tensor:
     Returns a per-channel std ``(C, h, w)`` for diagonal noise (``h = w = 1`` when averaged)
     or a lower-triangular Cholesky factor ``(C, C, 1, 1)`` for a full covariance.
     """
-    average = teacher.noise_model != "hg"
-    s_n = teacher.noise_estimator(x[None], average=average)[0]
+    s_n = teacher.average_noise(teacher.noise_estimator(x[None]))[0]
     if s_n.dim() == 4:  # (C, C, h, w): full covariance, drawn with its Cholesky factor
         chol = linalg.cholesky(s_n.permute(2, 3, 0, 1))
         return chol.permute(2, 3, 0, 1).contiguous()

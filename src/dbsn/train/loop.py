@@ -7,7 +7,6 @@ minutes), the progress bar, the CSV log, validation, checkpoints and resume.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -117,13 +116,13 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     new_log = not log_path.exists()
     total = options.steps if options.steps is not None else int(60 * options.minutes)
     last_val: dict = {}
-    log_file = open(log_path, "a", newline="") if ctx.is_main else nullcontext(io.StringIO())
+    log_file = open(log_path, "a", newline="") if ctx.is_main else nullcontext()  # only rank 0 logs
     with log_file as log_fh, tqdm(
         total=total, initial=min(step if options.steps else int(elapsed), total),
         unit="step" if options.steps else "s", disable=not (progress_bar and ctx.is_main), dynamic_ncols=True,
     ) as bar:
-        writer = csv.DictWriter(log_fh, fieldnames=fields, extrasaction="ignore")
-        if new_log and ctx.is_main:
+        writer = csv.DictWriter(log_fh, fieldnames=fields, extrasaction="ignore") if log_fh else None
+        if new_log and writer:
             writer.writeheader()
         task.model.train()
         while progress(step, elapsed) < 1.0:
@@ -134,33 +133,32 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
                     f"loss became {row['loss']} at step {step}; lower --lr or use --precision fp32"
                 )
             step += 1
-            # rank 0's clock: every rank must take the same number of steps and the same phases
-            t_step = ctx.broadcast_float(time.perf_counter() - t0)
-            validate = step % options.val_every == 0 or progress(step, elapsed + t_step) >= 1.0
+            validate = step % options.val_every == 0 or progress(step, elapsed + time.perf_counter() - t0) >= 1.0
             if validate and ctx.is_main:
                 task.model.eval()
                 last_val = task.validate()
                 task.model.train()
+            # rank 0's clock: every rank must take the same number of steps and the same phases
             elapsed += ctx.broadcast_float(time.perf_counter() - t0)
-            writer.writerow({
-                **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
-                **({k: f"{v:.6g}" for k, v in last_val.items()} if validate else {}),
-                "step": step, "elapsed_s": f"{elapsed:.2f}",
-            })
-            if step % options.val_every == 0:
-                log_fh.flush()
+            if writer:
+                writer.writerow({
+                    **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
+                    **({k: f"{v:.6g}" for k, v in last_val.items()} if validate else {}),
+                    "step": step, "elapsed_s": f"{elapsed:.2f}",
+                })
+                if step % options.val_every == 0:
+                    log_fh.flush()
             if step % options.save_every == 0:
                 checkpoint()
             bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4g}",
                             **({"std_n": f"{last_val['noise_std_est']:.1f}"} if "noise_std_est" in last_val else {}))
             bar.update((1 if options.steps else int(elapsed) - bar.n) if bar.n < total else 0)
     checkpoint()
-    checksums = ctx.gather_floats(parameter_checksum(task.model))
     summary = {"steps": step, "elapsed_s": round(elapsed, 1), "model": task.model.config,
                "last_validation": last_val, "options": asdict(options), "world_size": ctx.world_size,
                **(extra_summary or {})}
-    if ctx.enabled:
-        summary["rank_parameter_checksums"] = checksums
+    if ctx.enabled:  # every rank takes part in the gather
+        summary["rank_parameter_checksums"] = ctx.gather_floats(parameter_checksum(task.model))
     if ctx.is_main:
         save_weights(out / "model.safetensors", task.model.eval())
         with atomic_path(out / "run.json") as tmp:
