@@ -49,6 +49,7 @@ def main() -> int:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--trace-weight", default="0.1")
     p.add_argument("--phase-split", default="0.8,0.2,0")
+    p.add_argument("--ema", default="0", help="weight averaging decay (0: off; 0.995 measured no better)")
     p.add_argument("--bm3d", type=int, default=0, help="also run BM3D on the first N images")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
@@ -62,6 +63,7 @@ def main() -> int:
         run(["dbsn", "-q", "train", "--clean", str(clean), "--noise", args.noise, "--fixed-noise",
              "--model", args.model, "--minutes", str(args.minutes), "--lr", args.lr,
              "--precision", args.precision, "--trace-weight", args.trace_weight, "--phase-split", args.phase_split,
+             "--ema", args.ema,
              "--val-fraction", "0", "--val-every", "250", "-o", str(run_dir)])
     result_path = args.out / "evaluate.json"
     run(["dbsn", "-q", "evaluate", "--model", str(run_dir / "model.safetensors"), "--clean", str(clean),

@@ -74,7 +74,8 @@ def test_denoise_skips_bad_files_keeps_bit_depth_and_never_overwrites(trained, t
     assert np.asarray(Image.open(out / "n0.png")).dtype == np.uint8
     assert tifffile.imread(out / "deep.tif").dtype == np.uint16
     std = tifffile.imread(out / "n0_std_n.tiff")
-    assert std.shape == (40, 40) and np.all(std > 0)
+    _, expected = dbsn.load(run / "checkpoint.pt").denoise(np.asarray(Image.open(noisy / "n0.png")), return_std_n=True)
+    assert std.shape == (40, 40) and np.allclose(std, expected, rtol=1e-5)  # 0-255 units, not clipped to 1
     # writing into the input folder would overwrite the inputs: refused, inputs intact
     assert main(["-q", "denoise", "--model", str(run / "model.safetensors"), str(noisy), "-o", str(noisy)]) == 1
     assert {p.name: p.read_bytes() for p in noisy.iterdir()} == before
@@ -111,3 +112,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mean" in out and len(list((tmp_path / "demo" / "denoised").glob("*.png"))) == 4
     assert (tmp_path / "demo" / "before_after.png").is_file()
+
+
+def test_add_noise_is_reproducible_unclipped_and_skips_bad_files(tmp_path, capsys):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    x = np.full((30, 31), 250, np.uint8)  # near white: unclipped noise goes above 1
+    Image.fromarray(x).save(clean / "a.png")
+    (clean / "broken.png").write_bytes(b"not a png")
+    args = ["-q", "add-noise", str(clean), "--noise", "awgn:25", "--seed", "3"]
+    assert main([*args, "-o", str(tmp_path / "n1")]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "n2")]) == 1
+    y1, y2 = tifffile.imread(tmp_path / "n1" / "a.tiff"), tifffile.imread(tmp_path / "n2" / "a.tiff")
+    assert y1.dtype == np.float32 and np.array_equal(y1, y2)
+    assert y1.max() > 1.0
+    assert abs(np.std(y1 - 250 / 255) * 255 - 25) < 2
+    before = (tmp_path / "n1" / "a.tiff").read_bytes()
+    assert main([*args[:2], str(tmp_path / "n1"), *args[3:], "-o", str(tmp_path / "n1")]) == 1  # onto its input
+    assert (tmp_path / "n1" / "a.tiff").read_bytes() == before

@@ -81,3 +81,51 @@ def test_distillation_smoke_raises_student_psnr(tmp_path):
 def test_distill_options_explain_mistakes(kw, match):
     with pytest.raises(ValueError, match=match):
         DistillOptions(**kw).validate()
+
+
+def _noisy_folder(path, clean, std=25, seed=5):
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for p in sorted(clean.iterdir()):
+        x = np.asarray(Image.open(p)) / 255.0
+        y = np.clip(x + rng.normal(0, std / 255, x.shape), 0, 1)
+        Image.fromarray(np.round(y * 255).astype(np.uint8)).save(path / p.name)
+    return path
+
+
+@pytest.mark.parametrize("levels", ["clean", "noisy"])
+def test_synthetic_levels_come_from_the_chosen_images(tmp_path, levels):
+    from dbsn.data import read_image
+    from dbsn.train.distill import DistillData
+
+    clean = _clean_folder(tmp_path / "clean", n=3, size=40)
+    noisy = _noisy_folder(tmp_path / "noisy", clean)
+    torch.manual_seed(0)
+    teacher = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn").eval()
+    torch.nn.init.normal_(teacher.noise_estimator.net[-1].weight, std=1.0)
+    torch.nn.init.constant_(teacher.noise_estimator.net[-1].bias, 4.0)  # where softplus is steep
+    options = DistillOptions(teacher="t", noisy=str(noisy), clean=[str(clean)], steps=1, batch_size=8,
+                             patch_size=32, synthetic_levels=levels)
+    data = DistillData(options, teacher, torch.Generator().manual_seed(0))
+
+    def levels_of(folder):
+        return [noise_factor(teacher, torch.from_numpy(read_image(p)[0])) for p in sorted(folder.iterdir())]
+
+    chosen, other = (noisy, clean) if levels == "noisy" else (clean, noisy)
+    assert len(data.factors) == 3
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(data.factors, levels_of(chosen)))
+    # CNN_est reads y, so the noisy and the clean images give different levels
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(data.factors, levels_of(other)))
+
+
+def test_synthetic_levels_from_noisy_images_refuse_hg(tmp_path):
+    from dbsn.train.distill import DistillData
+
+    clean = _clean_folder(tmp_path / "clean", n=2, size=40)
+    noisy = _noisy_folder(tmp_path / "noisy", clean)
+    teacher = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="hg").eval()
+    options = DistillOptions(teacher="t", noisy=str(noisy), clean=[str(clean)], steps=1, synthetic_levels="noisy")
+    with pytest.raises(ValueError, match="HG"):
+        DistillData(options, teacher, torch.Generator().manual_seed(0))

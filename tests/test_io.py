@@ -65,6 +65,26 @@ def test_bad_files_give_clear_errors_and_folders_skip_them(tmp_path, caplog):
         load_folder(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
 
 
+def test_several_folders_load_as_one_set_in_one_channel_count(tmp_path):
+    gray, colour = tmp_path / "gray", tmp_path / "colour"
+    gray.mkdir(), colour.mkdir()
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(gray / "a.png")
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(colour / "b.png")
+    (colour / "c.png").write_bytes(b"broken")
+    folder = load_folder([gray, colour], channels=1)
+    assert [p.name for p in folder.paths] == ["a.png", "b.png"] and folder.channels == 1
+    assert [img.shape for img in folder.images] == [(1, 4, 5), (1, 6, 7)]
+    assert [p.name for p, _ in folder.skipped] == ["c.png"]
+    assert load_folder([gray, colour]).channels == 3
+
+
+def test_float_tiff_keeps_values_outside_the_unit_range(tmp_path):
+    values = np.array([[[-0.25, 0.5, 1.75]]], np.float32)
+    write_image(tmp_path / "f.tiff", values, bits=32)
+    back, info = read_image(tmp_path / "f.tiff")
+    assert info.bits == 32 and np.array_equal(back, values)
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"previous")

@@ -17,6 +17,7 @@ from .runtime import PRECISIONS
 log = logging.getLogger("dbsn")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
 
 
 def _budget(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a stage-1 model (D-BSN, noise estimator) from noisy images")
     t.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
     data = t.add_argument_group("data (give --noisy, or --clean with --noise)")
-    data.add_argument("--noisy", help="folder of real noisy images (no clean images needed)")
-    data.add_argument("--clean", help="folder of clean images to add synthetic noise to")
+    data.add_argument("--noisy", nargs="+", help="folder(s) of real noisy images (no clean images needed)")
+    data.add_argument("--clean", nargs="+", help="folder(s) of clean images to add synthetic noise to")
     data.add_argument("--noise", help="synthetic noise: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg")
     data.add_argument("--fixed-noise", action="store_true",
                       help="one fixed seed-0 noisy realisation per image, as in the evaluation protocol")
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="autocast for the D-BSN (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a "
                         "gradient scaler); the heads and the losses stay in fp32")
+    o.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
     o.add_argument("--val-every", type=int, default=200)
@@ -86,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--weight-noisy", type=float, default=0.1, help="loss weight of the real noisy pairs")
     k.add_argument("--weight-clean", type=float, default=1.0, help="loss weight of the synthetic pairs")
     k.add_argument("--u-range", default="0.9,1.1", help="range of the per-batch noise scale u")
+    k.add_argument("--synthetic-levels", choices=("clean", "noisy"), default="clean",
+                   help="noise level of the synthetic pairs: CNN_est on each clean image (clean, the paper) or "
+                        "the levels measured on the noisy images (noisy; AWGN and MG)")
     k.add_argument("--lr", type=float, default=1e-3)
     k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
+    k.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--val-every", type=int, default=200)
     k.add_argument("--save-every", type=int, default=500)
@@ -128,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=18)
     x.add_argument("-o", "--out", required=True, help="output file, e.g. student.onnx")
 
+    a = sub.add_parser("add-noise", help="write noisy versions of clean images (float TIFF, unclipped): "
+                                         "synthetic training or test data")
+    a.add_argument("inputs", nargs="+", help="image files or folders")
+    a.add_argument("-o", "--out", required=True, help="output folder (never an input file)")
+    a.add_argument("--noise", required=True, help="noise spec: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg")
+    a.add_argument("--seed", type=int, default=0, help="image i of the sorted inputs draws from seed + i")
+    a.add_argument("--channels", type=int, choices=(1, 3), help="force gray (1) or colour (3)")
     sub.add_parser("models", help="list the registered architectures (for --model in train and --student)")
     sub.add_parser("list", help="list the bundled pretrained models (for --model in denoise and evaluate)")
     return parser
@@ -199,8 +212,9 @@ def cmd_distill(args) -> int:
             student=args.student, student_kwargs=student_kwargs, steps=args.steps, minutes=args.minutes,
             batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
             weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
-            u_range=_numbers(args.u_range, "--u-range", 2), lr=args.lr, precision=args.precision,
-            seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
+            u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,
+            lr=args.lr, precision=args.precision,
+            ema=args.ema, seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
         )
     _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
     return EXIT_OK
@@ -257,12 +271,24 @@ def cmd_denoise(args) -> int:
             print(f"PSNR {name}: {value:.2f} dB")
         if scores:
             print(f"PSNR mean over {len(scores)} images: {sum(v for _, v in scores) / len(scores):.2f} dB")
+    return _report_failures(result)
+
+
+def _report_failures(result) -> int:
     if result.failed:
         print(f"{len(result.failed)} of {len(result.failed) + len(result.written)} inputs failed:", file=sys.stderr)
         for path, reason in result.failed:
             print(f"  {reason}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_add_noise(args) -> int:
+    from .inference import add_noise_files
+
+    result = add_noise_files(args.inputs, args.out, args.noise, seed=args.seed, channels=args.channels)
+    print(f"wrote {len(result.written)} noisy images to {args.out}")
+    return _report_failures(result)
 
 
 def cmd_demo(args) -> int:
@@ -309,8 +335,8 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise, "demo": cmd_demo,
-            "models": cmd_models, "list": cmd_list, "export": cmd_export}
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise,
+            "add-noise": cmd_add_noise, "demo": cmd_demo, "models": cmd_models, "list": cmd_list, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

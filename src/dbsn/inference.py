@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import seeded_generator
 from .data.io import ImageReadError, list_images, output_suffix, read_image, write_image
 from .metrics import psnr, ssim
 from .nn.registry import model_kind
@@ -220,8 +221,7 @@ def denoise_files(
             target = out_dir / (path.stem + output_suffix(path, info.bits))
             std_target = out_dir / (path.stem + "_std_n.tiff")
             for t in (target, std_target) if noise_map else (target,):
-                if t.resolve() in input_set:
-                    raise ValueError(f"{path}: the output {t} would overwrite an input; choose another output folder")
+                _refuse_overwrite(path, t, input_set)
             model = model_for(y.shape[0])
             if noise_map and not model.is_blind_spot:
                 raise ValueError(f"{path}: --noise-map needs a stage-1 model (it carries the noise estimator)")
@@ -235,6 +235,42 @@ def denoise_files(
                 write_image(std_target, std_n_map(out).numpy(), bits=32)
                 result.written.append(std_target)
         except (ImageReadError, ValueError, OSError, RuntimeError, LookupError) as err:
+            log.error("skipped: %s", err)
+            result.failed.append((path, str(err)))
+    return result
+
+
+def _refuse_overwrite(path: Path, target: Path, input_set: set[Path]) -> None:
+    if target.resolve() in input_set:
+        raise ValueError(f"{path}: the output {target} would overwrite an input; choose another output folder")
+
+
+def add_noise_files(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    noise_spec: str,
+    seed: int = 0,
+    channels: int | None = None,
+) -> FileResult:
+    """Write a noisy version of each image to ``out_dir`` as float32 TIFF, neither clipped nor quantised.
+
+    Image ``i`` (in sorted order) draws its noise from a generator seeded with ``seed + i``,
+    so a folder is reproducible as a whole. Unreadable files are logged and skipped;
+    inputs are never overwritten.
+    """
+    noise = parse_noise(noise_spec)
+    paths = collect_inputs(inputs)
+    out_dir = Path(out_dir)
+    input_set = {p.resolve() for p in paths if p.exists()}
+    result = FileResult()
+    for i, path in enumerate(paths):
+        try:
+            x, _ = read_image(path, channels=channels)
+            target = out_dir / (path.stem + ".tiff")
+            _refuse_overwrite(path, target, input_set)
+            y = noise.add(torch.from_numpy(x), seeded_generator(seed + i))
+            result.written.append(write_image(target, y.numpy(), bits=32))
+        except (ImageReadError, ValueError, OSError) as err:
             log.error("skipped: %s", err)
             result.failed.append((path, str(err)))
     return result

@@ -138,8 +138,13 @@ def output_suffix(path: Path, bits: int) -> str:
 
 
 def quantise(array: np.ndarray, bits: int) -> np.ndarray:
-    """Float ``(C, H, W)`` in [0, 1] to an ``(H, W[, C])`` array of the given bit depth."""
-    array = np.clip(array, 0.0, 1.0)
+    """Float ``(C, H, W)`` to an ``(H, W[, C])`` array of the given bit depth.
+
+    8 and 16 bits clip to [0, 1]; 32 bits (float TIFF) keep the values as they are
+    (a noise map in 0-255 units, a noisy image that was never clipped).
+    """
+    if bits != 32:
+        array = np.clip(array, 0.0, 1.0)
     hwc = np.moveaxis(array, 0, -1)
     if hwc.shape[-1] == 1:
         hwc = hwc[..., 0]
@@ -151,7 +156,7 @@ def quantise(array: np.ndarray, bits: int) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8, alpha: np.ndarray | None = None) -> Path:
-    """Write float ``(C, H, W)`` in [0, 1] to ``path`` atomically, at ``bits`` (8, 16, or 32 for float TIFF)."""
+    """Write float ``(C, H, W)`` to ``path`` atomically, at ``bits`` (8, 16, or 32 for float TIFF; see :func:`quantise`)."""
     path = Path(path)
     if alpha is not None:
         array = np.concatenate([array, alpha[None]], axis=0)

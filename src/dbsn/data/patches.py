@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +30,18 @@ class ImageFolder:
         return len(self.images)
 
 
-def load_folder(folder: str | os.PathLike, channels: int | None = None) -> ImageFolder:
-    """Read every image of ``folder``; unreadable files are logged and skipped.
+def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channels: int | None = None) -> ImageFolder:
+    """Read every image of ``folder`` (or of several folders); unreadable files are logged and skipped.
 
     Args:
         channels: 1 or 3 to convert every image; None gives gray if every image is
             gray and colour otherwise.
 
     Raises:
-        ValueError: when the folder holds no readable image.
+        ValueError: when the folders hold no readable image.
     """
-    paths = list_images(folder)
+    folders = [folder] if isinstance(folder, (str, os.PathLike)) else list(folder)
+    paths = [p for f in folders for p in list_images(f)]
     arrays, kept, skipped = [], [], []
     for p in paths:
         try:
@@ -51,7 +53,8 @@ def load_folder(folder: str | os.PathLike, channels: int | None = None) -> Image
         arrays.append(array)
         kept.append(p)
     if not arrays:
-        raise ValueError(f"no readable image in {str(folder)!r} (looked for .png, .jpg, .tif and .bmp files)")
+        where = ", ".join(repr(str(f)) for f in folders)
+        raise ValueError(f"no readable image in {where} (looked for .png, .jpg, .tif and .bmp files)")
     if channels is None:
         channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
     images = [torch.from_numpy(convert_channels(a, channels)) for a in arrays]

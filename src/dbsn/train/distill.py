@@ -9,6 +9,16 @@ The frozen stage-1 model (the teacher) provides two kinds of training pairs:
   ``u ~ U(0.9, 1.1)`` is drawn once per batch.
 
 Loss: ``0.1 * mse(f(y_i), x_hat_i) + mse(f(y_j), x_j)``, with ``1/8`` of each batch real.
+
+Where the synthetic levels come from (``synthetic_levels``):
+
+- ``"clean"``, the paper: CNN_est applied to the clean image itself. For HG, whose
+  estimator reads ``mu``, the clean image is the natural stand-in.
+- ``"noisy"``: the per-image levels the teacher measured on the noisy images, each
+  clean patch drawing the level of a random noisy image. For AWGN and MG the
+  estimator reads ``y``, so on a clean image it sees an input it was never trained
+  on; a model meant for a range of levels (``awgn:5-50``) needs the levels of its
+  noisy data. HG noise depends on the signal and keeps ``"clean"``.
 """
 
 from __future__ import annotations
@@ -27,9 +37,11 @@ from ..nn.registry import model_kind
 from ..pretrained import resolve_model
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
 from .checkpoint import load_model
-from .loop import check_budget, cosine, prepare_run, run_loop
+from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
+
+SYNTHETIC_LEVELS = ("clean", "noisy")
 
 
 @dataclass
@@ -49,9 +61,11 @@ class DistillOptions:
     weight_noisy: float = 0.1
     weight_clean: float = 1.0
     u_range: tuple[float, float] = (0.9, 1.1)
+    synthetic_levels: str = "clean"
     lr: float = 1e-3
     seed: int = 0
     precision: str = "fp32"
+    ema: float = 0.0
     val_patches: int = 16
     val_every: int = 200
     save_every: int = 500
@@ -65,12 +79,15 @@ class DistillOptions:
         check_budget(self.steps, self.minutes)
         if not 0.0 <= self.noisy_share <= 1.0:
             raise ValueError(f"--noisy-share must be in [0, 1], got {self.noisy_share}")
+        if self.synthetic_levels not in SYNTHETIC_LEVELS:
+            raise ValueError(f"--synthetic-levels must be one of {SYNTHETIC_LEVELS}, got {self.synthetic_levels!r}")
         lo, hi = self.u_range
         if not 0 < lo <= hi:
             raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
         if self.weight_noisy < 0 or self.weight_clean < 0:
             raise ValueError("loss weights must be non-negative")
         check_precision(self.precision)
+        check_ema(self.ema)
         if model_kind(self.student) != "student":
             raise ValueError(f"--student must be a student model (e.g. unet_small, mwcnn), got {self.student!r}")
 
@@ -89,7 +106,11 @@ def noise_factor(teacher, x: torch.Tensor) -> torch.Tensor:
     Returns a per-channel std ``(C, h, w)`` for diagonal noise (``h = w = 1`` when averaged)
     or a lower-triangular Cholesky factor ``(C, C, 1, 1)`` for a full covariance.
     """
-    s_n = teacher.average_noise(teacher.noise_estimator(x[None]))[0]
+    return factor_of(teacher.average_noise(teacher.noise_estimator(x[None]))[0])
+
+
+def factor_of(s_n: torch.Tensor) -> torch.Tensor:
+    """The factor ``L`` with ``L L^T = s_n``: variances ``(C, h, w)`` or covariances ``(C, C, h, w)``."""
     if s_n.dim() == 4:  # (C, C, h, w): full covariance, drawn with its Cholesky factor
         chol = linalg.cholesky(s_n.permute(2, 3, 0, 1))
         return chol.permute(2, 3, 0, 1).contiguous()
@@ -116,7 +137,12 @@ class DistillData:
         noisy_images = ctx.shard(noisy.images)  # each rank: its own shard of both folders
         log.info("teacher: denoising %d noisy images", len(noisy_images))
         judge = Denoiser(teacher, device=device)  # tiles large images within its memory budget
-        x_hat = [judge.predict(y[None])["x_hat"][0] for y in noisy_images]
+        x_hat, measured = [], []
+        for y in noisy_images:
+            out = judge.predict(y[None])
+            x_hat.append(out["x_hat"][0])
+            measured.append(factor_of(out.get("cov_n", out["var_n"])[0]))
+        self.options = options
         clean_images, self.skipped = [], list(noisy.skipped)
         for folder in options.clean:
             loaded = load_folder(folder, channels)
@@ -124,10 +150,15 @@ class DistillData:
             self.skipped += loaded.skipped
         clean_images = ctx.shard(clean_images)
         teacher.cpu()
-        self.factors = [noise_factor(teacher, x) for x in clean_images]
+        per_pixel = teacher.noise_model == "hg"
+        if options.synthetic_levels == "noisy" and per_pixel:
+            raise ValueError("--synthetic-levels noisy needs noise of one level per image (AWGN, MG); HG noise "
+                             "depends on the signal, so its level comes from the clean image (the default)")
+        # the paper: CNN_est on each clean image; "noisy": the levels measured on the noisy images
+        self.factors = ([noise_factor(teacher, x) for x in clean_images] if options.synthetic_levels == "clean"
+                        else measured)
         if ctx.enabled:
             generator.manual_seed(ctx.seed(options.seed))
-        per_pixel = teacher.noise_model == "hg"
         n_noisy, n_clean = options.split()
         self.n_noisy, self.n_clean = n_noisy, n_clean
         # the noisy sampler pairs y with the teacher's x_hat; the clean sampler pairs x with its
@@ -149,7 +180,12 @@ class DistillData:
     def _batch(self, noisy_sampler, clean_sampler, options, generator):
         y_i, x_hat_i = noisy_sampler.sample()
         x_j, std, idx = clean_sampler.sample_with_index()
-        factor = std if self.per_pixel else torch.stack([self.factors[i] for i in idx])
+        if self.per_pixel:
+            factor = std
+        else:
+            if self.options.synthetic_levels == "noisy":  # each clean patch: the level of a random noisy image
+                idx = torch.randint(len(self.factors), (len(idx),), generator=generator).tolist()
+            factor = torch.stack([self.factors[i] for i in idx])
         lo, hi = options.u_range
         u = lo + (hi - lo) * float(torch.rand((), generator=generator))
         z = torch.randn(x_j.shape, generator=generator)

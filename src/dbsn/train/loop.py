@@ -21,6 +21,7 @@ import torch
 from ..data.io import atomic_path
 from ..distributed import Context, parameter_checksum
 from .checkpoint import read_checkpoint, save_checkpoint, save_weights
+from .ema import EMA
 
 log = logging.getLogger("dbsn")
 
@@ -50,6 +51,11 @@ def check_budget(steps: int | None, minutes: float | None) -> None:
         raise ValueError("the budget must be positive")
 
 
+def check_ema(decay: float) -> None:
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"--ema takes a decay in [0, 1) (0: off, e.g. 0.995), got {decay}")
+
+
 def prepare_run(out_dir: str, resume: bool, ctx: Context = Context()) -> dict | None:
     """Check the run folder; return the checkpoint to resume from, or None for a new run.
 
@@ -76,8 +82,9 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
 
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``model.safetensors`` (final
     weights with their configuration), ``log.csv`` and ``run.json``. ``options`` is a
-    dataclass with ``steps``, ``minutes``, ``val_every`` and ``save_every``; it is stored
-    in every checkpoint.
+    dataclass with ``steps``, ``minutes``, ``val_every``, ``save_every`` and ``ema``; it is
+    stored in every checkpoint. With ``ema > 0`` validation and ``model.safetensors``
+    use the moving average of the weights (:class:`EMA`).
 
     Under ``torchrun`` (``task.ctx`` with several ranks) every rank steps, rank 0's clock
     decides the budget for all, and only rank 0 validates and writes files.
@@ -87,9 +94,15 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     ctx: Context = getattr(task, "ctx", Context())
     out = Path(out_dir)
     step, elapsed = 0, 0.0
+    ema = EMA(task.model, options.ema) if options.ema else None
     if state is not None:
         task.model.load_state_dict(state["model"])
         task.optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if "ema" in state:
+                ema.load_state_dict(state["ema"])
+            else:  # the run had no average so far: start it from the resumed weights
+                ema = EMA(task.model, options.ema)
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         if ctx.is_main:
             task.generator.set_state(state["generator"])
@@ -109,7 +122,11 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
             out / "checkpoint.pt", task.model, optimizer=task.optimizer.state_dict(),
             generator=task.generator.get_state(), step=step, elapsed_s=elapsed,
             options=json.dumps(asdict(options)), world_size=ctx.world_size,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         )
+
+    def averaged():
+        return ema.applied(task.model) if ema is not None else nullcontext(task.model)
 
     fields = ["step", "phase", "loss", "lr", "elapsed_s", *task.log_fields]
     log_path = out / "log.csv"
@@ -133,10 +150,13 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
                     f"loss became {row['loss']} at step {step}; lower --lr or use --precision fp32"
                 )
             step += 1
+            if ema is not None:
+                ema.update(task.model)
             validate = step % options.val_every == 0 or progress(step, elapsed + time.perf_counter() - t0) >= 1.0
             if validate and ctx.is_main:
                 task.model.eval()
-                last_val = task.validate()
+                with averaged():
+                    last_val = task.validate()
                 task.model.train()
             # rank 0's clock: every rank must take the same number of steps and the same phases
             elapsed += ctx.broadcast_float(time.perf_counter() - t0)
@@ -160,7 +180,8 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     if ctx.enabled:  # every rank takes part in the gather
         summary["rank_parameter_checksums"] = ctx.gather_floats(parameter_checksum(task.model))
     if ctx.is_main:
-        save_weights(out / "model.safetensors", task.model.eval())
+        with averaged() as final:
+            save_weights(out / "model.safetensors", final.eval())
         with atomic_path(out / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
     return summary

@@ -27,7 +27,7 @@ from ..nn import create_model
 from ..nn.stage1 import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
-from .loop import check_budget, cosine, prepare_run, run_loop
+from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
 
@@ -38,8 +38,8 @@ SCHEDULES = ("three-phase", "joint")
 class TrainOptions:
     """Everything a stage-1 run needs; stored in its checkpoints."""
 
-    noisy: str | None = None
-    clean: str | None = None
+    noisy: str | list[str] | None = None
+    clean: str | list[str] | None = None
     noise: str | None = None
     fixed_noise: bool = False
     channels: int | None = None
@@ -58,6 +58,7 @@ class TrainOptions:
     lr_heads: float = 3e-3
     seed: int = 0
     precision: str = "fp32"
+    ema: float = 0.0
     val_fraction: float = 0.1
     val_patches: int = 16
     val_every: int = 200
@@ -84,6 +85,7 @@ class TrainOptions:
         if not 0.0 <= self.trace_weight <= 1.0:
             raise ValueError(f"trace weight must be in [0, 1] (1: the paper's loss, 0: the NLL), got {self.trace_weight}")
         check_precision(self.precision)
+        check_ema(self.ema)
         if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:

@@ -1,0 +1,209 @@
+"""Train the bundled models with `dbsn train` and `dbsn distill`, then bundle them with their cards.
+
+    python benchmarks/bundled_models.py plan                 # every command, nothing run
+    python benchmarks/bundled_models.py train gray           # stage 1, noisy set, student (resumable)
+    python benchmarks/bundled_models.py bundle gray          # fp16 check, weights, card, index.json
+
+Every model trains on the clean training sets (train400, bsd432, div2k_val_crop256,
+sun_hays80) with synthetic noise; no test image is seen. Each step is skipped when
+its output exists, and a stopped training run is resumed (`--resume`) with the same
+budget, so the whole recipe can span several sessions: run it again.
+
+The student distils from noisy versions of train400 and div2k_val_crop256 (`dbsn
+add-noise`, a fixed seed) and from clean pairs of all four sets, whose noise level is
+the one the teacher measured on the noisy images (`--synthetic-levels noisy`) for
+AWGN and MG, and CNN_est on the clean image for HG (the paper's rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from common import DATASETS, first_images, run
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "bundled"
+WEIGHTS = ROOT / "src" / "dbsn" / "weights"
+TRAIN_SETS = ("train400", "bsd432", "div2k_val_crop256", "sun_hays80")
+NOISY_SETS = ("train400", "div2k_val_crop256")
+STAGE1 = ["--model", "dbsn_small", "--precision", "bf16", "--lr", "1e-3", "--trace-weight", "0.1",
+          "--phase-split", "0.8,0.2,0", "--val-fraction", "0.02", "--val-every", "500"]
+STUDENT = ["--student", "mwcnn_small", "--widths", "48,96,192", "--depth", "3", "--batch-size", "16",
+           "--precision", "bf16", "--val-every", "1000"]
+
+# name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
+RECIPES = {
+    "gray": (1, "awgn:5-50", 40, 120, "gray images, Gaussian noise of unknown level (std 5 to 50)"),
+    "color": (3, "awgn:5-50", 40, 120, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
+    "gray-hg": (1, "hg:40,10", 40, 60, "gray images, signal-dependent noise (alpha 40, delta 10)"),
+    "color-hg": (3, "hg:40,10", 40, 60, "colour images, signal-dependent noise (alpha 40, delta 10)"),
+    "color-mg": (3, "mg", 40, 60, "colour images, noise correlated across channels"),
+}
+TEST_SET = {1: "bsd68", 3: "cbsd68"}
+
+
+def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
+    """``(output that marks the step done, command)`` for each step of one recipe."""
+    channels, noise, minutes_s1, minutes_student, _ = RECIPES[name]
+    sets = [str(datasets / s) for s in TRAIN_SETS]
+    run_s1, noisy, student = RUNS / f"{name}-stage1", RUNS / f"{name}-noisy", RUNS / name
+    levels = "clean" if noise.startswith("hg") else "noisy"
+    return [
+        (run_s1, ["dbsn", "-q", "train", "--clean", *sets, "--channels", str(channels), "--noise", noise,
+                  "--minutes", str(minutes_s1), *STAGE1, "-o", str(run_s1)]),
+        (noisy, ["dbsn", "-q", "add-noise", *[str(datasets / s) for s in NOISY_SETS], "--channels", str(channels),
+                 "--noise", noise, "--seed", "0", "-o", str(noisy)]),
+        (student, ["dbsn", "-q", "distill", "--teacher", str(run_s1 / "model.safetensors"), "--noisy", str(noisy),
+                   "--clean", *sets, "--synthetic-levels", levels, "--minutes", str(minutes_student), *STUDENT,
+                   "-o", str(student)]),
+    ]
+
+
+def train(name: str, datasets: Path) -> None:
+    for out, cmd in commands(name, datasets):
+        if cmd[2] == "add-noise":
+            if not out.is_dir():
+                run(cmd)
+            continue
+        summary = out / "run.json"
+        budget = float(cmd[cmd.index("--minutes") + 1]) * 60
+        if summary.is_file() and json.loads(summary.read_text())["elapsed_s"] >= budget - 1:
+            continue  # finished
+        run(cmd + ["--resume"] if (out / "checkpoint.pt").is_file() else cmd)
+
+
+def _psnr(model_path: Path, clean: Path, noise: str) -> float:
+    import dbsn
+    from dbsn.inference import evaluate
+
+    return evaluate(dbsn.load(model_path, device="cpu"), clean, noise)["psnr"]
+
+
+def _fp16_copy(src: Path, dst: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dbsn.data.io import atomic_path
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def bundle(name: str, datasets: Path, check_images: int) -> None:
+    """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards."""
+    channels, noise, _, _, description = RECIPES[name]
+    steps = commands(name, datasets)
+    check_noise = "awgn:25" if noise.startswith("awgn") else noise
+    clean = first_images(datasets / TEST_SET[channels], check_images)
+    index_path = WEIGHTS / "index.json"
+    index = json.loads(index_path.read_text())
+    for stage, (run_dir, cmd), entry in (("stage1", steps[0], f"{name}-stage1"), ("student", steps[2], name)):
+        src = run_dir / "model.safetensors"
+        dst = WEIGHTS / f"{entry}.safetensors"
+        _fp16_copy(src, dst)
+        fp32, fp16 = _psnr(src, clean, check_noise), _psnr(dst, clean, check_noise)
+        storage = "fp16"
+        if abs(fp32 - fp16) > 0.01:
+            storage = "fp32"
+            dst.write_bytes(src.read_bytes())
+        summary = json.loads((run_dir / "run.json").read_text())
+        card = _card(entry, stage, description, noise, cmd, steps, summary, storage, fp32, fp16, check_noise,
+                     check_images, channels)
+        (WEIGHTS / f"{entry}.md").write_text(card)
+        index["models"][entry] = {
+            "file": dst.name, "card": f"{entry}.md", "channels": channels, "stage": stage, "noise": noise,
+            "description": description + (" (stage 1: D-BSN with noise estimator)" if stage == "stage1" else ""),
+            **({"teacher": f"{name}-stage1"} if stage == "student" else {}),
+        }
+        print(f"{entry}: {storage} ({dst.stat().st_size / 1e6:.1f} MB), PSNR on {check_images} "
+              f"{TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
+    if noise.startswith("awgn"):
+        index["default"][str(channels)] = name
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    import os
+
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
+
+
+def _card(entry, stage, description, noise, cmd, steps, summary, storage, fp32, fp16, check_noise, n, channels):
+    def show(c):
+        return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
+
+    trained = ([show(steps[0][1])] if stage == "stage1" else [show(c) for _, c in steps])
+    last = summary.get("last_validation", {})
+    return f"""# {entry}
+
+{description}. {"Stage 1 of DBSN: the dilated blind-spot network with its uncertainty and noise-estimator heads; it also gives a per-pixel noise map (`dbsn denoise --noise-map`)." if stage == "stage1" else "Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `" + entry + "-stage1`; the fast default model."}
+
+## How it was trained
+Self-supervised stage 1, then distillation, with this package's own commands only
+(`python benchmarks/bundled_models.py train {entry.removesuffix('-stage1')}` runs them):
+
+{chr(10).join(trained)}
+
+- Data: the clean training sets {", ".join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), converted to
+  {"gray" if channels == 1 else "colour"}, with synthetic noise `{noise}` drawn afresh for every patch. No test
+  image (BSD68, CBSD68, Set12, Set14) was seen.
+- Steps: {summary["steps"]}, wall time {summary["elapsed_s"] / 60:.0f} min on {_machine()}.
+- Last validation (held-out patches): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
+
+## Storage
+{storage} safetensors. On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB with
+the fp32 weights, {fp16:.3f} dB with fp16 weights (fp16 is kept when the change is at most 0.01 dB).
+
+## Results
+The paper's protocol (METHOD.md section 5): every test image gets noise from
+`numpy.random.seed(0)`, the noisy image is neither clipped nor quantised, the output is
+clamped to [0, 1], PSNR is on floats with data range 1, averaged over the images.
+Every row, BM3D beside it, is in the README's results table
+(`python benchmarks/paper_tables.py`).
+"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("plan", "train", "bundle"))
+    p.add_argument("names", nargs="*", default=list(RECIPES), help=f"recipes (default: all): {', '.join(RECIPES)}")
+    p.add_argument("--datasets", type=Path, default=DATASETS)
+    p.add_argument("--check-images", type=int, default=8, help="test images for the fp16 storage check")
+    args = p.parse_args()
+    unknown = [n for n in args.names if n not in RECIPES]
+    if unknown:
+        print(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}", file=sys.stderr)
+        return 2
+    for name in args.names:
+        if args.action == "plan":
+            for _, cmd in commands(name, args.datasets):
+                print(shlex.join(cmd))
+        elif args.action == "train":
+            train(name, args.datasets)
+        else:
+            bundle(name, args.datasets, args.check_images)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as err:
+        sys.exit(err.returncode)
