@@ -1,13 +1,17 @@
 """Train the bundled models with `dbsn train` and `dbsn distill`, then bundle them with their cards.
 
     python benchmarks/bundled_models.py plan                 # every command, nothing run
-    python benchmarks/bundled_models.py train gray           # stage 1, noisy set, student (resumable)
+    python benchmarks/bundled_models.py train gray           # stage 1, its heads, noisy set, student
     python benchmarks/bundled_models.py bundle gray          # fp16 check, weights, card, index.json
 
 Every model trains on the clean training sets (train400, bsd432, div2k_val_crop256,
 sun_hays80) with synthetic noise; no test image is seen. Each step is skipped when
 its output exists, and a stopped training run is resumed (`--resume`) with the same
 budget, so the whole recipe can span several sessions: run it again.
+
+For AWGN and MG, stage 1 then trains its heads again (8 minutes, the D-BSN frozen)
+with the noise estimator reading the residual ``y - mu`` (``--estimator-input
+residual``): reading ``y`` alone, the gray model estimated std 22 on images with std 5.
 
 The student distils from noisy versions of train400 and div2k_val_crop256 (`dbsn
 add-noise`, a fixed seed) and from clean pairs of all four sets, whose noise level is
@@ -34,6 +38,7 @@ TRAIN_SETS = ("train400", "bsd432", "div2k_val_crop256", "sun_hays80")
 NOISY_SETS = ("train400", "div2k_val_crop256")
 STAGE1 = ["--model", "dbsn_small", "--precision", "bf16", "--lr", "1e-3", "--trace-weight", "0.1",
           "--phase-split", "0.8,0.2,0", "--val-fraction", "0.02", "--val-every", "500"]
+HEADS_MINUTES = 8
 STUDENT = ["--student", "mwcnn_small", "--widths", "48,96,192", "--depth", "3", "--batch-size", "16",
            "--precision", "bf16", "--val-every", "1000"]
 
@@ -49,24 +54,39 @@ TEST_SET = {1: "bsd68", 3: "cbsd68"}
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
-    """``(output that marks the step done, command)`` for each step of one recipe."""
+    """``(run folder, command)`` for each step of one recipe; the last stage-1 folder is the teacher."""
     channels, noise, minutes_s1, minutes_student, _ = RECIPES[name]
     sets = [str(datasets / s) for s in TRAIN_SETS]
-    run_s1, noisy, student = RUNS / f"{name}-stage1", RUNS / f"{name}-noisy", RUNS / name
+    data = ["--clean", *sets, "--channels", str(channels), "--noise", noise]
+    steps = [(RUNS / f"{name}-stage1", ["dbsn", "-q", "train", *data, "--minutes", str(minutes_s1), *STAGE1])]
+    if not noise.startswith("hg"):
+        # the heads again, now with CNN_est reading y - mu: on y alone it cannot tell a range of levels apart
+        steps.append((RUNS / f"{name}-stage1r", [
+            "dbsn", "-q", "train", *data, "--init", str(steps[0][0] / "model.safetensors"),
+            "--estimator-input", "residual", "--minutes", str(HEADS_MINUTES),
+            *_replace(STAGE1, "--phase-split", "0,1,0")]))
+    teacher = steps[-1][0]
+    noisy, student = RUNS / f"{name}-noisy", RUNS / name
     levels = "clean" if noise.startswith("hg") else "noisy"
-    return [
-        (run_s1, ["dbsn", "-q", "train", "--clean", *sets, "--channels", str(channels), "--noise", noise,
-                  "--minutes", str(minutes_s1), *STAGE1, "-o", str(run_s1)]),
+    steps += [
         (noisy, ["dbsn", "-q", "add-noise", *[str(datasets / s) for s in NOISY_SETS], "--channels", str(channels),
-                 "--noise", noise, "--seed", "0", "-o", str(noisy)]),
-        (student, ["dbsn", "-q", "distill", "--teacher", str(run_s1 / "model.safetensors"), "--noisy", str(noisy),
-                   "--clean", *sets, "--synthetic-levels", levels, "--minutes", str(minutes_student), *STUDENT,
-                   "-o", str(student)]),
+                 "--noise", noise, "--seed", "0"]),
+        (student, ["dbsn", "-q", "distill", "--teacher", str(teacher / "model.safetensors"), "--noisy", str(noisy),
+                   "--clean", *sets, "--synthetic-levels", levels, "--minutes", str(minutes_student), *STUDENT]),
     ]
+    return [(out, [*cmd, "-o", str(out)]) for out, cmd in steps]
 
 
-def train(name: str, datasets: Path) -> None:
+def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def train(name: str, datasets: Path, stage1_only: bool = False) -> None:
     for out, cmd in commands(name, datasets):
+        if stage1_only and cmd[2] != "train":
+            return
         if cmd[2] == "add-noise":
             if not out.is_dir():
                 run(cmd)
@@ -103,11 +123,12 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards."""
     channels, noise, _, _, description = RECIPES[name]
     steps = commands(name, datasets)
+    stage1_steps = [step for step in steps if step[1][2] == "train"]
     check_noise = "awgn:25" if noise.startswith("awgn") else noise
     clean = first_images(datasets / TEST_SET[channels], check_images)
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text())
-    for stage, (run_dir, cmd), entry in (("stage1", steps[0], f"{name}-stage1"), ("student", steps[2], name)):
+    for stage, (run_dir, cmd), entry in (("stage1", stage1_steps[-1], f"{name}-stage1"), ("student", steps[-1], name)):
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
         _fp16_copy(src, dst)
@@ -117,8 +138,8 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
             storage = "fp32"
             dst.write_bytes(src.read_bytes())
         summary = json.loads((run_dir / "run.json").read_text())
-        card = _card(entry, stage, description, noise, cmd, steps, summary, storage, fp32, fp16, check_noise,
-                     check_images, channels)
+        card = _card(entry, stage, description, noise, stage1_steps if stage == "stage1" else steps, summary,
+                     storage, fp32, fp16, check_noise, check_images, channels)
         (WEIGHTS / f"{entry}.md").write_text(card)
         index["models"][entry] = {
             "file": dst.name, "card": f"{entry}.md", "channels": channels, "stage": stage, "noise": noise,
@@ -145,11 +166,11 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
 
 
-def _card(entry, stage, description, noise, cmd, steps, summary, storage, fp32, fp16, check_noise, n, channels):
+def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16, check_noise, n, channels):
     def show(c):
         return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
 
-    trained = ([show(steps[0][1])] if stage == "stage1" else [show(c) for _, c in steps])
+    trained = [show(c) for _, c in steps]
     last = summary.get("last_validation", {})
     return f"""# {entry}
 
@@ -164,7 +185,7 @@ Self-supervised stage 1, then distillation, with this package's own commands onl
 - Data: the clean training sets {", ".join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), converted to
   {"gray" if channels == 1 else "colour"}, with synthetic noise `{noise}` drawn afresh for every patch. No test
   image (BSD68, CBSD68, Set12, Set14) was seen.
-- Steps: {summary["steps"]}, wall time {summary["elapsed_s"] / 60:.0f} min on {_machine()}.
+- Last command: {summary["steps"]} steps, wall time {summary["elapsed_s"] / 60:.0f} min, on {_machine()}.
 - Last validation (held-out patches): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
 
 ## Storage
@@ -185,6 +206,7 @@ def main() -> int:
     p.add_argument("action", choices=("plan", "train", "bundle"))
     p.add_argument("names", nargs="*", default=list(RECIPES), help=f"recipes (default: all): {', '.join(RECIPES)}")
     p.add_argument("--datasets", type=Path, default=DATASETS)
+    p.add_argument("--stage1-only", action="store_true", help="train: stop once the teacher is trained")
     p.add_argument("--check-images", type=int, default=8, help="test images for the fp16 storage check")
     args = p.parse_args()
     unknown = [n for n in args.names if n not in RECIPES]
@@ -196,7 +218,7 @@ def main() -> int:
             for _, cmd in commands(name, args.datasets):
                 print(shlex.join(cmd))
         elif args.action == "train":
-            train(name, args.datasets)
+            train(name, args.datasets, args.stage1_only)
         else:
             bundle(name, args.datasets, args.check_images)
     return 0

@@ -151,3 +151,59 @@ def test_mixed_precision_keeps_the_loss_finite(tmp_path, precision):
     rows = (tmp_path / precision / "log.csv").read_text().strip().splitlines()[1:]
     assert {r.split(",")[1] for r in rows} == {"mu", "heads", "joint"}
     assert all(np.isfinite(float(r.split(",")[2])) for r in rows)
+
+
+def _fit_estimator(source, steps=1000):
+    """Train CNN_est on images at levels 5, 15 and 50; return its per-level estimate (0-255 units)."""
+    from dbsn.losses import dbsn_loss
+    from dbsn.nn import NoiseEstimator
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    estimator = NoiseEstimator(1, "diag", 16)
+    opt = torch.optim.Adam(estimator.parameters(), lr=TrainOptions().lr_heads)
+    x = torch.rand(6, 1, 32, 32, generator=g) * 0.6 + 0.2
+    levels = torch.tensor([5.0, 15.0, 50.0]).repeat(2).view(6, 1, 1, 1) / 255
+    for _ in range(steps):
+        y = x + levels * torch.randn(x.shape, generator=g)
+        var_n = estimator(source(y, x)).mean(dim=(-2, -1), keepdim=True)
+        loss = dbsn_loss(y, x, torch.zeros_like(y), var_n)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (var_n.sqrt().view(2, 3).mean(0) * 255).tolist()
+
+
+def test_residual_estimator_input_reads_a_range_of_levels():
+    # mu = x here: the residual is the noise itself, and each image's level comes back
+    residual = _fit_estimator(lambda y, mu: y - mu)
+    assert all(abs(est - true) < 0.15 * true for est, true in zip(residual, (5, 15, 50)))
+    # reading y alone, one pixel at a time, the same estimator cannot tell the levels apart as well
+    paper = _fit_estimator(lambda y, mu: y)
+    assert abs(paper[0] - 5) > abs(residual[0] - 5)
+
+
+def test_residual_estimator_input_is_refused_for_hg():
+    import dbsn
+
+    with pytest.raises(ValueError, match="HG"):
+        dbsn.create_model("dbsn_tiny", noise_model="hg", estimator_input="residual")
+    model = dbsn.create_model("dbsn_tiny", estimator_input="residual")
+    assert model.config["estimator_input"] == "residual"
+
+
+def test_init_starts_from_trained_weights(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    opts = dict(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=3)
+    train(_options(**opts), str(tmp_path / "a"), progress_bar=False)
+    first = read_checkpoint(tmp_path / "a" / "model.safetensors")["model"]
+    # heads only (mu frozen) from those weights: the D-BSN comes back unchanged
+    train(_options(**opts, init=str(tmp_path / "a" / "model.safetensors"), phase_split=(0, 1, 0),
+                   model_kwargs={"estimator_input": "residual"}), str(tmp_path / "b"), progress_bar=False)
+    second = read_checkpoint(tmp_path / "b" / "model.safetensors")
+    assert second["config"]["estimator_input"] == "residual"
+    assert all(torch.equal(first[k], second["model"][k]) for k in first if k.startswith("bsn."))
+    assert not all(torch.equal(first[k], second["model"][k]) for k in first if k.startswith("noise_estimator."))
+    with pytest.raises(ValueError, match="do not fit"):
+        train(_options(**opts, init=str(tmp_path / "a" / "model.safetensors"), model="dbsn_small"),
+              str(tmp_path / "c"), progress_bar=False)

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--width", type=int, help="feature channels c (paper: 96)")
     m.add_argument("--blocks", type=int, help="dilated blocks per branch B (paper: 8)")
     m.add_argument("--mask-mode", choices=("mask", "trimmed"), help="centre-masked convolution variant")
+    m.add_argument("--estimator-input", choices=("paper", "residual"),
+                   help="what CNN_est reads for AWGN and MG: y (paper, the default) or y - mu (residual: needed "
+                        "for a range of noise levels)")
+    m.add_argument("--init", help="start from these weights (checkpoint, weights file or bundled name): fine-tuning")
     m.add_argument("--noise-model", choices=("awgn", "hg", "mg"),
                    help="noise heads; default: the kind of --noise, or hg for real noisy images")
     o = t.add_argument_group("optimisation")
@@ -149,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_options(args: argparse.Namespace):
     from .train import TrainOptions
 
-    model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode))
-                    if v is not None}
+    model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode),
+                                      ("estimator_input", args.estimator_input)) if v is not None}
     split = _numbers(args.phase_split, "--phase-split", 3)
     names = {f.name for f in fields(TrainOptions)}
     given = {k: v for k, v in vars(args).items() if k in names}

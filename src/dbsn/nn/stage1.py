@@ -13,6 +13,7 @@ from .heads import NoiseEstimator, VarMuHead
 from .registry import register_model
 
 NOISE_MODELS = ("awgn", "hg", "mg")
+ESTIMATOR_INPUTS = ("paper", "residual")
 
 
 class DBSNModel(nn.Module):
@@ -23,6 +24,15 @@ class DBSNModel(nn.Module):
     - ``"awgn"``: CNN_est reads ``y``; its variance is averaged over the image.
     - ``"hg"``: CNN_est reads ``mu`` (signal-dependent noise); one variance per pixel.
     - ``"mg"``: full ``C x C`` covariances, both averaged over the image (colour).
+
+    ``estimator_input`` decides what CNN_est reads for AWGN and MG: ``"paper"`` (``y``)
+    or ``"residual"`` (``y - mu``, with ``mu`` detached). A 1x1 network on ``y`` sees
+    one pixel value at a time, so one level per image must come from the spread of
+    pixel values; that works for one noise level, but a model trained on a range of
+    levels (``awgn:5-50``) read 22 for std 5. On the residual, ``mean((y - mu)^2)`` is
+    the noise variance plus the error of ``mu``, whatever the level (that model read 12);
+    its fusion measured worse, though (README, "Training"). HG keeps ``mu``:
+    its variance is per pixel, and a pixel's own residual would let it explain itself.
 
     ``forward(y)`` returns a dict with ``mu``, ``var_mu`` and ``var_n`` (per-channel
     variances ``(B, C, H, W)``, or ``(B, C, 1, 1)`` when averaged), ``cov_mu`` and
@@ -37,10 +47,17 @@ class DBSNModel(nn.Module):
         noise_model: str = "awgn",
         head_width: int | None = None,
         mask_mode: str = "mask",
+        estimator_input: str = "paper",
     ):
         super().__init__()
         if noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {noise_model!r}")
+        if estimator_input not in ESTIMATOR_INPUTS:
+            raise ValueError(f"estimator_input must be one of {ESTIMATOR_INPUTS}, got {estimator_input!r}")
+        if estimator_input == "residual" and noise_model == "hg":
+            raise ValueError("the residual estimator input needs one noise level per image (awgn, mg); "
+                             "HG noise is estimated per pixel from mu")
+        self.estimator_input = estimator_input
         if head_width is None:
             head_width = 16 if (in_channels == 1 and noise_model == "awgn") else 32
         self.in_channels, self.noise_model = in_channels, noise_model
@@ -70,7 +87,13 @@ class DBSNModel(nn.Module):
 
     def pixel_uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
         """``(s_mu, s_n)`` per pixel, before any averaging over the image."""
-        return self.var_mu_head(f), self.noise_estimator(mu if self.noise_model == "hg" else y)
+        return self.var_mu_head(f), self.noise_estimator(self.estimator_source(y, mu))
+
+    def estimator_source(self, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """What CNN_est reads: ``mu`` for HG, else ``y`` or the residual ``y - mu``."""
+        if self.noise_model == "hg":
+            return mu
+        return y - mu.detach() if self.estimator_input == "residual" else y
 
     def average_noise(self, s_n: torch.Tensor) -> torch.Tensor:
         """``s_n`` averaged over the image for AWGN and MG (one level per image); per pixel for HG."""

@@ -151,6 +151,9 @@ class DistillData:
         clean_images = ctx.shard(clean_images)
         teacher.cpu()
         per_pixel = teacher.noise_model == "hg"
+        if options.synthetic_levels == "clean" and teacher.estimator_input == "residual":
+            raise ValueError("this teacher's noise estimator reads the residual y - mu, which a clean image does "
+                             "not have; use --synthetic-levels noisy")
         if options.synthetic_levels == "noisy" and per_pixel:
             raise ValueError("--synthetic-levels noisy needs noise of one level per image (AWGN, MG); HG noise "
                              "depends on the signal, so its level comes from the clean image (the default)")

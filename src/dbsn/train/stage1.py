@@ -26,7 +26,9 @@ from ..metrics import psnr
 from ..nn import create_model
 from ..nn.stage1 import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
+from ..pretrained import resolve_model
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
+from .checkpoint import read_checkpoint
 from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
@@ -45,6 +47,7 @@ class TrainOptions:
     channels: int | None = None
     model: str = "dbsn_small"
     model_kwargs: dict = field(default_factory=dict)
+    init: str | None = None
     noise_model: str | None = None
     schedule: str = "three-phase"
     phase_split: tuple[float, float, float] = (0.6, 0.1, 0.3)
@@ -179,6 +182,18 @@ class Stage1Objective(nn.Module):
         return losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
 
 
+def init_weights(model: nn.Module, source: str) -> None:
+    """Start from trained weights (fine-tuning): a checkpoint, weights file or bundled name."""
+    payload = read_checkpoint(resolve_model(source))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:2]
+        raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
+                         f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
+    log.info("initialised from %s", source)
+
+
 class Stage1Task:
     """The stage-1 step: the phase and learning rate follow the progress through the budget."""
 
@@ -194,6 +209,8 @@ class Stage1Task:
                 options.model, in_channels=self.data.channels,
                 noise_model=options.resolved_noise_model(), **options.model_kwargs,
             )
+        if options.init:
+            init_weights(model, options.init)
         self.model = model.to(device, memory_format=memory_format_for(device))
         self.objective = distributed.wrap(Stage1Objective(self.model, options), ctx, device)
         self.optimizer = torch.optim.Adam(
