@@ -104,6 +104,11 @@ def test_patch_sampler_is_seeded_and_aligned():
     assert torch.equal(a[0], b[0]) and torch.allclose(a[0], a[1] + 0.1)
     small = PatchSampler(32, 2, seeded_generator(0), noisy=[torch.rand(1, 20, 9)]).sample()[0]
     assert small.shape == (2, 1, 32, 32)
+    # patches are cut from the images themselves: the set is not copied
+    sampler = PatchSampler(16, 4, seeded_generator(1), noisy=noisy, clean=clean)
+    assert all(a is b for a, b in zip(sampler._sets[0], noisy)) and all(a is b for a, b in zip(sampler._sets[1], clean))
+    with pytest.raises(ValueError, match="same sizes"):
+        PatchSampler(16, 4, seeded_generator(1), noisy=noisy, clean=[x[:, :-1] for x in clean])
 
 
 def test_dihedral_gives_eight_distinct_views():

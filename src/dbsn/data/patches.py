@@ -108,13 +108,12 @@ class PatchSampler:
             raise ValueError("no images to sample patches from")
         self.noisy, self.clean, self.noise = noisy, clean, noise
         self.patch_size, self.batch_size, self.generator = patch_size, batch_size, generator
-        self._stacks = [self._padded(i) for i in range(len(base))]
-        areas = torch.tensor([float(s.shape[-2] * s.shape[-1]) for s in self._stacks])
+        # the images themselves, padded only where smaller than a patch: no second copy of the set
+        self._sets = [[_pad_to(x, patch_size) for x in images] for images in (noisy, clean) if images is not None]
+        areas = torch.tensor([float(x.shape[-2] * x.shape[-1]) for x in self._sets[0]])
         self._weights = areas / areas.sum()
-
-    def _padded(self, i: int) -> torch.Tensor:
-        parts = [t[i] for t in (self.noisy, self.clean) if t is not None]
-        return _pad_to(torch.cat(parts, dim=0), self.patch_size)
+        if len(self._sets) == 2 and any(a.shape[-2:] != b.shape[-2:] for a, b in zip(*self._sets)):
+            raise ValueError("noisy and clean images must have the same sizes, image by image")
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images."""
@@ -124,19 +123,18 @@ class PatchSampler:
         """Like :meth:`sample`, plus the index of the image each patch came from."""
         g, p = self.generator, self.patch_size
         idx = torch.multinomial(self._weights, self.batch_size, replacement=True, generator=g)
-        patches = []
+        patches: list[list[torch.Tensor]] = [[] for _ in self._sets]
         for i in idx.tolist():
-            s = self._stacks[i]
-            top = int(torch.randint(0, s.shape[-2] - p + 1, (1,), generator=g))
-            left = int(torch.randint(0, s.shape[-1] - p + 1, (1,), generator=g))
+            h, w = self._sets[0][i].shape[-2:]
+            top = int(torch.randint(0, h - p + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - p + 1, (1,), generator=g))
             k = int(torch.randint(0, 8, (1,), generator=g))
-            patches.append(dihedral(s[:, top : top + p, left : left + p], k))
-        batch = torch.stack(patches)
+            for images, out in zip(self._sets, patches):  # the same crop and view of aligned images
+                out.append(dihedral(images[i][:, top : top + p, left : left + p], k))
+        batches = [torch.stack(out) for out in patches]
         if self.noisy is None:
-            return self.noise.add(batch, g), batch, idx.tolist()
-        c = self.noisy[0].shape[0]
-        aligned = batch[:, c:].contiguous() if self.clean is not None else None
-        return batch[:, :c].contiguous(), aligned, idx.tolist()
+            return self.noise.add(batches[0], g), batches[0], idx.tolist()
+        return batches[0], batches[1] if self.clean is not None else None, idx.tolist()
 
 
 def split_validation(n_images: int, fraction: float, generator: torch.Generator) -> tuple[list[int], list[int]]:
