@@ -212,3 +212,31 @@ def test_init_starts_from_trained_weights(tmp_path):
     with pytest.raises(ValueError, match="do not fit"):
         train(_options(**opts, init=str(tmp_path / "a" / "model.safetensors"), model="dbsn_small"),
               str(tmp_path / "c"), progress_bar=False)
+
+
+def test_worker_processes_give_a_reproducible_stream(tmp_path):
+    from dbsn.data import BatchStream
+
+    rng = np.random.default_rng(0)
+    sampler = PatchSampler(16, 4, seeded_generator(1), noisy=[torch.from_numpy(smooth_image(rng, 40))
+                                                                for _ in range(3)])
+
+    def first(workers, seed=0, n=4):
+        stream = BatchStream(sampler.sample, seeded_generator(1), workers, seed)
+        return [stream.next()[0] for _ in range(n)]
+
+    in_process = first(0)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, first(0)))
+    two = first(2)
+    assert all(torch.equal(a, b) for a, b in zip(two, first(2)))  # same workers, same stream
+    assert not torch.equal(two[0], two[1])  # the two workers draw different batches
+    assert not torch.equal(first(2, seed=5)[0], two[0])
+
+
+def test_training_with_workers_runs_and_resumes(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    opts = dict(clean=str(clean), noise="awgn:25", steps=4, workers=2)
+    summary = train(_options(**opts), str(tmp_path / "r"), progress_bar=False)
+    assert summary["steps"] == 4
+    summary = train(_options(**{**opts, "steps": 6}), str(tmp_path / "r"), resume=True, progress_bar=False)
+    assert summary["steps"] == 6 and summary["options"]["workers"] == 2

@@ -17,6 +17,8 @@ from .runtime import PRECISIONS
 log = logging.getLogger("dbsn")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+WORKERS_HELP = ("processes that draw training batches (0: this process); a GPU needs a few, "
+                "a small CPU machine none")
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
 
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast for the D-BSN (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a "
                         "gradient scaler); the heads and the losses stay in fp32")
     o.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
+    o.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
     o.add_argument("--val-every", type=int, default=200)
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--lr", type=float, default=1e-3)
     k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
     k.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
+    k.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--val-every", type=int, default=200)
     k.add_argument("--save-every", type=int, default=500)
@@ -217,8 +221,8 @@ def cmd_distill(args) -> int:
             batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
             weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
             u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,
-            lr=args.lr, precision=args.precision,
-            ema=args.ema, seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
+            lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, seed=args.seed,
+            val_every=args.val_every, save_every=args.save_every, device=args.device,
         )
     _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
     return EXIT_OK

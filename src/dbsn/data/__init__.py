@@ -2,8 +2,10 @@
 
 from .io import ImageInfo, ImageReadError, atomic_path, list_images, read_image, write_image
 from .patches import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from .stream import BatchStream
 
 __all__ = [
+    "BatchStream",
     "ImageFolder",
     "ImageInfo",
     "ImageReadError",

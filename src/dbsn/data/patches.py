@@ -115,13 +115,17 @@ class PatchSampler:
         if len(self._sets) == 2 and any(a.shape[-2:] != b.shape[-2:] for a, b in zip(*self._sets)):
             raise ValueError("noisy and clean images must have the same sizes, image by image")
 
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images."""
-        return self.sample_with_index()[:2]
+    def sample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images.
 
-    def sample_with_index(self) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        ``generator`` replaces the sampler's own for this batch (a worker process's stream).
+        """
+        return self.sample_with_index(generator)[:2]
+
+    def sample_with_index(self, generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """Like :meth:`sample`, plus the index of the image each patch came from."""
-        g, p = self.generator, self.patch_size
+        g, p = (generator if generator is not None else self.generator), self.patch_size
         idx = torch.multinomial(self._weights, self.batch_size, replacement=True, generator=g)
         patches: list[list[torch.Tensor]] = [[] for _ in self._sets]
         for i in idx.tolist():

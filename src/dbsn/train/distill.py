@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import distributed, linalg
-from ..data import PatchSampler, load_folder, seeded_generator
+from ..data import BatchStream, PatchSampler, load_folder, seeded_generator
 from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
@@ -66,6 +66,7 @@ class DistillOptions:
     seed: int = 0
     precision: str = "fp32"
     ema: float = 0.0
+    workers: int = 0
     val_patches: int = 16
     val_every: int = 200
     save_every: int = 500
@@ -84,6 +85,8 @@ class DistillOptions:
         lo, hi = self.u_range
         if not 0 < lo <= hi:
             raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.weight_noisy < 0 or self.weight_clean < 0:
             raise ValueError("loss weights must be non-negative")
         check_precision(self.precision)
@@ -181,8 +184,8 @@ class DistillData:
         )
 
     def _batch(self, noisy_sampler, clean_sampler, options, generator):
-        y_i, x_hat_i = noisy_sampler.sample()
-        x_j, std, idx = clean_sampler.sample_with_index()
+        y_i, x_hat_i = noisy_sampler.sample(generator)
+        x_j, std, idx = clean_sampler.sample_with_index(generator)
         if self.per_pixel:
             factor = std
         else:
@@ -195,7 +198,8 @@ class DistillData:
         y_j = x_j + u * apply_factor(factor, z)
         return y_i, x_hat_i, y_j, x_j
 
-    def sample(self, options, generator):
+    def sample(self, generator):
+        options = self.options
         y_i, x_hat_i, y_j, x_j = self._batch(self.noisy_sampler, self.clean_sampler, options, generator)
         return y_i[: self.n_noisy], x_hat_i[: self.n_noisy], y_j[: self.n_clean], x_j[: self.n_clean]
 
@@ -213,6 +217,7 @@ class DistillTask:
             p.requires_grad_(False)
         self.teacher_config = dict(teacher.config)
         self.data = DistillData(options, teacher, self.generator, device, ctx)
+        self.stream = BatchStream(self.data.sample, self.generator, options.workers, ctx.seed(options.seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
@@ -225,7 +230,7 @@ class DistillTask:
         lr = self.options.lr * cosine(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.data.sample(self.options, self.generator))
+        y_i, x_hat_i, y_j, x_j = (t.to(self.device) for t in self.stream.next())
         y = torch.cat([y_i, y_j]).contiguous(memory_format=memory_format_for(self.device))
         with autocast(self.options.precision, self.device):
             pred = self.net(y)["x_hat"]
@@ -241,6 +246,9 @@ class DistillTask:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": loss.item(), "phase": "distill", "lr": lr}
+
+    def resumed(self, step: int) -> None:
+        self.stream.restart(self.ctx.seed(self.options.seed) + step)
 
     @torch.no_grad()
     def validate(self) -> dict:

@@ -38,6 +38,9 @@ class Task(Protocol):
     def validate(self) -> dict:
         """Validation metrics (floats)."""
 
+    def resumed(self, step: int) -> None:
+        """Called after a checkpoint at ``step`` is restored (batch streams not saved in it restart)."""
+
 
 def cosine(q: float, floor: float = 0.05) -> float:
     """Learning-rate factor: from 1 at ``q = 0`` down to ``floor`` at ``q = 1``."""
@@ -108,6 +111,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
             task.generator.set_state(state["generator"])
         else:  # the saved stream is rank 0's; the others restart theirs from their seed and the step
             task.generator.manual_seed(ctx.seed(options.seed) + step)
+        task.resumed(step)
         log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
 
     def progress(at_step: int, at_elapsed: float) -> float:
