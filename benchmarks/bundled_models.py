@@ -171,22 +171,37 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
         return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
 
     trained = [show(c) for _, c in steps]
+    times = []
+    for out, cmd in steps:
+        if (out / "run.json").is_file():
+            run_summary = json.loads((out / "run.json").read_text())
+            times.append(f"`{cmd[2]} -o {out.name}`: {run_summary['steps']} steps, {run_summary['elapsed_s'] / 60:.0f} min")
+    kind = "gray" if channels == 1 else "colour"
+    data = (f"the clean training sets {', '.join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), as {kind}, "
+            f"with synthetic noise `{noise}` drawn afresh for every patch")
+    if stage == "student":
+        data = (f"stage 1 on {data}; the student on noisy copies of {' and '.join(NOISY_SETS)} (`dbsn add-noise`, "
+                f"seed 0) with the teacher's `x_hat` as targets, and on the four clean sets with noise at the levels "
+                f"the teacher estimated")
     last = summary.get("last_validation", {})
+    where = "held-out images" if stage == "stage1" else "patches of the training images"
+    role = ("Stage 1 of DBSN: the dilated blind-spot network with its uncertainty and noise-estimator heads; it "
+            "also gives a per-pixel noise map (`dbsn denoise --noise-map`)." if stage == "stage1" else
+            f"Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `{entry}-stage1`; "
+            "the fast default model.")
     return f"""# {entry}
 
-{description}. {"Stage 1 of DBSN: the dilated blind-spot network with its uncertainty and noise-estimator heads; it also gives a per-pixel noise map (`dbsn denoise --noise-map`)." if stage == "stage1" else "Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `" + entry + "-stage1`; the fast default model."}
+{description}. {role}
 
 ## How it was trained
-Self-supervised stage 1, then distillation, with this package's own commands only
-(`python benchmarks/bundled_models.py train {entry.removesuffix('-stage1')}` runs them):
+With this package's own commands only (`python benchmarks/bundled_models.py train
+{entry.removesuffix('-stage1')}` runs them):
 
 {chr(10).join(trained)}
 
-- Data: the clean training sets {", ".join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), converted to
-  {"gray" if channels == 1 else "colour"}, with synthetic noise `{noise}` drawn afresh for every patch. No test
-  image (BSD68, CBSD68, Set12, Set14) was seen.
-- Last command: {summary["steps"]} steps, wall time {summary["elapsed_s"] / 60:.0f} min, on {_machine()}.
-- Last validation (held-out patches): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
+- Data: {data}. No test image (BSD68, CBSD68, Set12, Set14) was seen.
+- Steps and wall time: {"; ".join(times)}; on {_machine()}.
+- Last validation ({where}): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
 
 ## Storage
 {storage} safetensors. On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB with

@@ -85,6 +85,17 @@ def test_float_tiff_keeps_values_outside_the_unit_range(tmp_path):
     assert info.bits == 32 and np.array_equal(back, values)
 
 
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_image(tmp_path / "a.png", np.zeros((1, 4, 4), np.float32))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"previous")
