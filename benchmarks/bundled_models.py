@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from common import DATASETS, first_images, run
+from common import DATASETS, first_images, machine, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bundled"
@@ -153,19 +152,6 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     index_path.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    import os
-
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
-
-
 def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16, check_noise, n, channels):
     def show(c):
         return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
@@ -200,7 +186,7 @@ With this package's own commands only (`python benchmarks/bundled_models.py trai
 {chr(10).join(trained)}
 
 - Data: {data}. No test image (BSD68, CBSD68, Set12, Set14) was seen.
-- Steps and wall time: {"; ".join(times)}; on {_machine()}.
+- Steps and wall time: {"; ".join(times)}; on {machine()}.
 - Last validation ({where}): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
 
 ## Storage

@@ -41,6 +41,22 @@ def first_images(folder: Path, n: int | None) -> Path:
     return subset
 
 
+def machine() -> str:
+    """The CPU model, core count, GPU and torch version: what a measured number ran on."""
+    import os
+    import platform
+
+    import torch
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
 def bm3d_denoise(y, std: float):
     """BM3D (gray) or CBM3D (colour) of a noisy ``(C, H, W)`` tensor with noise std ``std`` (0-1 units).
 

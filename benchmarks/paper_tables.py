@@ -2,6 +2,7 @@
 
     python benchmarks/paper_tables.py --out benchmarks/results.md
     python benchmarks/paper_tables.py --images 4 --no-bm3d      # a quick look
+    python benchmarks/paper_tables.py --out benchmarks/results.md --cards   # and into each model card
 
 For each bundled model (``dbsn list``) the rows its noise applies to: gray AWGN models
 on BSD68 at sigma 15 / 25 / 50, gray HG models on BSD68 ``hg:40,10``, colour models on
@@ -18,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, bm3d_denoise, first_images
+from common import DATASETS, bm3d_denoise, first_images, machine
 
 
 # (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
@@ -37,6 +36,7 @@ PAPER = {
     (3, "mg"): (24.07, 26.48, 26.81),
 }
 TEST_SET = {1: "bsd68", 3: "cbsd68"}
+MEASURED = "### Measured"  # where a model card's results begin
 
 
 def rows_for(model) -> list[str]:
@@ -77,6 +77,7 @@ def main() -> int:
     p.add_argument("--images", type=int, help="only the first N images of each set (a quick look)")
     p.add_argument("--no-bm3d", action="store_true")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    p.add_argument("--cards", action="store_true", help="also write each model's rows into its model card")
     args = p.parse_args()
 
     import dbsn
@@ -90,6 +91,7 @@ def main() -> int:
     lines = ["| set | noise | model | stage | PSNR | SSIM | s/img | BM3D here | s/img | paper BM3D | "
              "paper D-BSN | paper DBSN |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     bm3d_cache: dict = {}
+    rows_of: dict[str, list[str]] = {}
     for model in models:
         for noise in rows_for(model):
             set_name = TEST_SET[model.channels]
@@ -111,16 +113,26 @@ def main() -> int:
                 f"{cell(paper[1])} | {cell(paper[2])} |"
             )
             print(lines[-1], flush=True)
-    stamp = (f"{datetime.date.today().isoformat()}, {platform.machine()} {platform.processor() or ''} "
-             f"with {os.cpu_count()} cores, torch {__import__('torch').__version__}, dbsn {dbsn.__version__}"
+            rows_of.setdefault(model.name, []).append(lines[-1])
+    stamp = (f"{datetime.date.today().isoformat()} on {machine()}, dbsn {dbsn.__version__}"
              + (f", first {args.images} images only" if args.images else ""))
     table = "\n".join(lines) + f"\n\nMeasured {stamp}: `python benchmarks/paper_tables.py`.\n"
     print("\n" + table)
-    if args.out:
-        from dbsn.data.io import atomic_path
+    from dbsn.data.io import atomic_path
 
+    if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(table)
+    if args.cards:
+        for model in models:
+            if model.card is None or not model.card.is_file() or model.name not in rows_of:
+                continue
+            text = model.card.read_text()
+            head = text.split(MEASURED)[0].rstrip() + "\n\n"
+            with atomic_path(model.card) as tmp:
+                tmp.write_text(head + MEASURED + "\n\n" + "\n".join(lines[:2] + rows_of[model.name])
+                               + f"\n\nMeasured {stamp}: `python benchmarks/paper_tables.py --cards`.\n")
+            print(f"wrote the results into {model.card}")
     return 0
 
 
