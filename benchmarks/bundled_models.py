@@ -104,22 +104,18 @@ def _psnr(model_path: Path, clean: Path, noise: str) -> float:
     return evaluate(dbsn.load(model_path, device="cpu"), clean, noise)["psnr"]
 
 
-def _fp16_copy(src: Path, dst: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+def _save_model(src: Path, dst: Path, half: bool) -> None:
+    """The weights of ``src`` as ``dst`` (safetensors with their configuration), in fp16 or as trained."""
+    from dbsn.train.checkpoint import load_model, save_weights
 
-    from dbsn.data.io import atomic_path
-
-    with safe_open(str(src), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    with atomic_path(dst) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    model = load_model(src)
+    save_weights(dst, model.half() if half else model)
 
 
 def bundle(name: str, datasets: Path, check_images: int) -> None:
     """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards."""
+    from dbsn.data.io import atomic_path
+
     channels, noise, _, _, description = RECIPES[name]
     steps = commands(name, datasets)
     stage1_steps = [step for step in steps if step[1][2] == "train"]
@@ -130,16 +126,17 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     for stage, (run_dir, cmd), entry in (("stage1", stage1_steps[-1], f"{name}-stage1"), ("student", steps[-1], name)):
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
-        _fp16_copy(src, dst)
+        _save_model(src, dst, half=True)
         fp32, fp16 = _psnr(src, clean, check_noise), _psnr(dst, clean, check_noise)
         storage = "fp16"
         if abs(fp32 - fp16) > 0.01:
             storage = "fp32"
-            dst.write_bytes(src.read_bytes())
+            _save_model(src, dst, half=False)
         summary = json.loads((run_dir / "run.json").read_text())
         card = _card(entry, stage, description, noise, stage1_steps if stage == "stage1" else steps, summary,
                      storage, fp32, fp16, check_noise, check_images, channels)
-        (WEIGHTS / f"{entry}.md").write_text(card)
+        with atomic_path(WEIGHTS / f"{entry}.md") as tmp:
+            tmp.write_text(card)
         index["models"][entry] = {
             "file": dst.name, "card": f"{entry}.md", "channels": channels, "stage": stage, "noise": noise,
             "description": description + (" (stage 1: D-BSN with noise estimator)" if stage == "stage1" else ""),
@@ -149,7 +146,8 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
               f"{TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
     if noise.startswith("awgn"):
         index["default"][str(channels)] = name
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    with atomic_path(index_path) as tmp:
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16, check_noise, n, channels):

@@ -19,6 +19,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 WORKER_SEED_STRIDE = 1_000_003
 
 
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+
+
 class _Batches(IterableDataset):
     def __init__(self, make_batch: Callable[[torch.Generator], tuple], seed: int):
         super().__init__()
@@ -39,8 +44,7 @@ class BatchStream:
 
     def __init__(self, make_batch: Callable[[torch.Generator], tuple], generator: torch.Generator, workers: int = 0,
                  seed: int = 0):
-        if workers < 0:
-            raise ValueError(f"--workers must be 0 or more, got {workers}")
+        check_workers(workers)
         self.make_batch, self.generator, self.workers, self.seed = make_batch, generator, workers, seed
         self._batches: Iterator[tuple] | None = None
 

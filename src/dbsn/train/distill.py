@@ -30,6 +30,7 @@ import torch
 
 from .. import distributed, linalg
 from ..data import BatchStream, PatchSampler, load_folder, seeded_generator
+from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
@@ -85,8 +86,7 @@ class DistillOptions:
         lo, hi = self.u_range
         if not 0 < lo <= hi:
             raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        check_workers(self.workers)
         if self.weight_noisy < 0 or self.weight_clean < 0:
             raise ValueError("loss weights must be non-negative")
         check_precision(self.precision)
@@ -180,10 +180,10 @@ class DistillData:
             PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=noisy_images, clean=x_hat),
             PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=clean_images,
                          clean=self.factors if per_pixel else None),
-            options, val_gen,
+            val_gen,
         )
 
-    def _batch(self, noisy_sampler, clean_sampler, options, generator):
+    def _batch(self, noisy_sampler, clean_sampler, generator):
         y_i, x_hat_i = noisy_sampler.sample(generator)
         x_j, std, idx = clean_sampler.sample_with_index(generator)
         if self.per_pixel:
@@ -192,15 +192,14 @@ class DistillData:
             if self.options.synthetic_levels == "noisy":  # each clean patch: the level of a random noisy image
                 idx = torch.randint(len(self.factors), (len(idx),), generator=generator).tolist()
             factor = torch.stack([self.factors[i] for i in idx])
-        lo, hi = options.u_range
+        lo, hi = self.options.u_range
         u = lo + (hi - lo) * float(torch.rand((), generator=generator))
         z = torch.randn(x_j.shape, generator=generator)
         y_j = x_j + u * apply_factor(factor, z)
         return y_i, x_hat_i, y_j, x_j
 
     def sample(self, generator):
-        options = self.options
-        y_i, x_hat_i, y_j, x_j = self._batch(self.noisy_sampler, self.clean_sampler, options, generator)
+        y_i, x_hat_i, y_j, x_j = self._batch(self.noisy_sampler, self.clean_sampler, generator)
         return y_i[: self.n_noisy], x_hat_i[: self.n_noisy], y_j[: self.n_clean], x_j[: self.n_clean]
 
 
@@ -246,9 +245,6 @@ class DistillTask:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": loss.item(), "phase": "distill", "lr": lr}
-
-    def resumed(self, step: int) -> None:
-        self.stream.restart(self.ctx.seed(self.options.seed) + step)
 
     @torch.no_grad()
     def validate(self) -> dict:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from ..data import BatchStream
 from ..data.io import atomic_path
 from ..distributed import Context, parameter_checksum
 from .checkpoint import read_checkpoint, save_checkpoint, save_weights
@@ -30,6 +31,7 @@ class Task(Protocol):
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    stream: BatchStream  # the training batches, drawn from ``generator`` or by worker processes
     log_fields: list[str]
 
     def step(self, progress: float) -> dict:
@@ -38,8 +40,6 @@ class Task(Protocol):
     def validate(self) -> dict:
         """Validation metrics (floats)."""
 
-    def resumed(self, step: int) -> None:
-        """Called after a checkpoint at ``step`` is restored (batch streams not saved in it restart)."""
 
 
 def cosine(q: float, floor: float = 0.05) -> float:
@@ -111,7 +111,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
             task.generator.set_state(state["generator"])
         else:  # the saved stream is rank 0's; the others restart theirs from their seed and the step
             task.generator.manual_seed(ctx.seed(options.seed) + step)
-        task.resumed(step)
+        task.stream.restart(ctx.seed(options.seed) + step)  # worker streams are not saved: same rule
         log.info("resumed %s at step %d (%.1f min)", out, step, elapsed / 60)
 
     def progress(at_step: int, at_elapsed: float) -> float:

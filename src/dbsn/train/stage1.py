@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import distributed, losses
 from ..data import BatchStream, ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
@@ -94,8 +95,7 @@ class TrainOptions:
             raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:
             raise ValueError(f"phase split needs three non-negative shares, got {self.phase_split}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        check_workers(self.workers)
         if self.patch_size < 8 or self.batch_size < 1:
             raise ValueError("patch size must be at least 8 and batch size at least 1")
 
@@ -157,7 +157,6 @@ class Stage1Data:
             noisy=pick(noisy, held_out), clean=pick(clean, held_out), noise=noise,
         )
         self.val_y, self.val_x = val_sampler.sample()
-        self.stream = BatchStream(self.sampler.sample, generator, options.workers, ctx.seed(options.seed))
         self.n_train, self.n_val = len(train_idx), len(val_idx)
 
 
@@ -207,6 +206,7 @@ class Stage1Task:
         self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
         self.data = Stage1Data(options, self.generator, ctx)
+        self.stream = BatchStream(self.data.sampler.sample, self.generator, options.workers, ctx.seed(options.seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
             model = create_model(
@@ -225,7 +225,7 @@ class Stage1Task:
     def step(self, progress: float) -> dict:
         phase = phase_at(self.options, progress)
         lr = self._set_lr(phase)
-        y, _ = self.data.stream.next()
+        y, _ = self.stream.next()
         y = y.to(self.device, memory_format=memory_format_for(self.device))
         loss = self.objective(y, phase.name)
         self.optimizer.zero_grad(set_to_none=True)
@@ -242,9 +242,6 @@ class Stage1Task:
         bsn_group["lr"] = self.options.lr * scale if phase.name != "heads" else 0.0
         head_group["lr"] = self.options.lr_heads * scale if phase.name != "mu" else 0.0
         return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
-
-    def resumed(self, step: int) -> None:
-        self.data.stream.restart(self.ctx.seed(self.options.seed) + step)
 
     @torch.no_grad()
     def validate(self) -> dict:
