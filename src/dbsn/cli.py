@@ -192,6 +192,10 @@ def _resumed_options(cls, args):
 
 
 def _report(summary: dict, out: str) -> None:
+    from .distributed import from_environment
+
+    if not from_environment().is_main:  # under torchrun, one report (rank 0's) is enough
+        return
     print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "last_validation", "skipped")}, indent=2))
     print(f"weights: {Path(out) / 'model.safetensors'}")
 

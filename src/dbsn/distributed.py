@@ -10,6 +10,7 @@ Only rank 0 writes: the log, the progress bar, checkpoints and the final weights
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -98,7 +99,9 @@ def setup(device_name: str) -> tuple[Context, torch.device]:
 
 
 def teardown(ctx: Context) -> None:
+    """Leave the process group, after freeing whatever still refers to it (DDP wrappers)."""
     if ctx.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

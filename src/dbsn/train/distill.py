@@ -259,6 +259,7 @@ def distill(options: DistillOptions, out_dir: str, resume: bool = False, progres
     """Distil a stage-1 teacher into a student in ``out_dir`` (same files as :func:`dbsn.train.train`)."""
     options.validate()
     ctx, device = distributed.setup(options.device)
+    task = None
     try:
         state = prepare_run(out_dir, resume, ctx)
         task = DistillTask(options, device, ctx)
@@ -268,4 +269,5 @@ def distill(options: DistillOptions, out_dir: str, resume: bool = False, progres
             "device": str(device),
         })
     finally:
+        task = None  # the model's DDP wrapper goes before its process group
         distributed.teardown(ctx)

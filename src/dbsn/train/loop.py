@@ -188,4 +188,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
             save_weights(out / "model.safetensors", final.eval())
         with atomic_path(out / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
+    # no rank leaves (and tears down its process group) while rank 0 is still writing:
+    # a gloo rank that exited early could abort on shutdown
+    ctx.barrier()
     return summary

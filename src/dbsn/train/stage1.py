@@ -269,6 +269,7 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
     """
     options.validate()
     ctx, device = distributed.setup(options.device)
+    task = None
     try:
         state = prepare_run(out_dir, resume, ctx)
         task = Stage1Task(options, device, ctx)
@@ -278,4 +279,5 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
             "skipped": [str(p) for p, _ in data.folder.skipped], "device": str(device),
         })
     finally:
+        task = None  # the model's DDP wrapper goes before its process group
         distributed.teardown(ctx)
