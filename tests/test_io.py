@@ -3,7 +3,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dbsn.data import ImageReadError, atomic_path, list_images, load_folder, read_image, write_image
+import torch
+
+from dbsn.data import (ImageReadError, PatchSampler, atomic_path, cache_budget, list_images, load_folder, read_image,
+                       seeded_generator, write_image)
+from dbsn.noise import parse_noise
 
 
 def test_png_8_and_16_bit_gray_round_trip(tmp_path):
@@ -105,3 +109,55 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def _mixed_folder(path):
+    path.mkdir()
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(40, 52), (20, 9), (33, 33)]):  # one smaller than a patch
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(path / f"{i}.png")
+    tifffile.imwrite(path / "3.tif", rng.integers(0, 65536, (36, 30), dtype=np.uint16))
+    return path
+
+
+def test_folders_over_the_memory_budget_are_decoded_on_demand(tmp_path):
+    folder = _mixed_folder(tmp_path / "images")
+    memory, files = load_folder(folder), load_folder(folder, cache_bytes=0)
+    assert memory.images.in_memory and not files.images.in_memory
+    assert files.images.sizes == memory.images.sizes == [(40, 52), (20, 9), (33, 33), (36, 30)]
+    assert files.nbytes == memory.nbytes == 4 * (40 * 52 + 20 * 9 + 33 * 33 + 36 * 30)
+    assert all(torch.equal(a, b) for a, b in zip(memory.images, files.images))
+    # the budget is counted as the images are read: two of them fit in this one
+    assert not load_folder(folder, channels=1, cache_bytes=4 * (40 * 52 + 20 * 9)).images.in_memory
+    noise = parse_noise("awgn:25")
+    for noisy, clean in [(None, "images"), ("fixed", "images"), ("images", None)]:
+        batches = []
+        for loaded in (memory, files):
+            sets = {"images": loaded.images, "fixed": loaded.images.map(lambda x: noise.add_protocol(x, seed=0)),
+                    None: None}
+            sampler = PatchSampler(24, 6, seeded_generator(7), noisy=sets[noisy], clean=sets[clean], noise=noise)
+            batches.append([sampler.sample() for _ in range(3)])
+        for (ya, xa), (yb, xb) in zip(*batches):
+            assert torch.equal(ya, yb) and (xa is None) == (xb is None) and (xa is None or torch.equal(xa, xb))
+    assert files.images.subset([3, 1]).sizes == [(36, 30), (20, 9)] and len(files.images[1::2]) == 2
+
+
+def test_a_file_that_changes_during_training_is_named(tmp_path):
+    folder = _mixed_folder(tmp_path / "images")
+    images = load_folder(folder, cache_bytes=0).images
+    (folder / "1.png").write_bytes(b"gone")
+    with pytest.raises(ImageReadError, match="1.png.*readable when training started"):
+        images[1]
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / "2.png")
+    with pytest.raises(ImageReadError, match="2.png: its size changed"):
+        images[2]
+
+
+def test_the_default_cache_shares_half_the_free_memory_between_local_processes(monkeypatch):
+    monkeypatch.setattr("dbsn.data.patches.available_memory", lambda: 8 * 1024**3)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cache_budget(None) == 4 * 1024**3 and cache_budget(0.5) == 1024**3 // 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cache_budget(None) == 1024**3
+    with pytest.raises(ValueError, match="--cache-gb"):
+        cache_budget(-1)

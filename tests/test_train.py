@@ -69,15 +69,30 @@ def test_same_seed_same_weights_and_resume(tmp_path):
     b = read_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    with open(tmp_path / "a" / "log.csv", "a") as fh:  # rows logged after the last checkpoint by a stopped run
+        fh.write("7,joint,1.0,0.001,1.0\n8,joint,1.0,0.001,1.0\n")
     summary = train(_options(**{**opts, "steps": 9}), str(tmp_path / "a"), resume=True, progress_bar=False)
     state = read_checkpoint(tmp_path / "a" / "checkpoint.pt")
     assert summary["steps"] == 9 and state["step"] == 9
     assert json.loads(state["options"])["steps"] == 9
     rows = (tmp_path / "a" / "log.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 9
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 10))
     assert not all(torch.equal(a[k], state["model"][k]) for k in a)
     with pytest.raises(FileExistsError, match="--resume"):
         train(_options(**opts), str(tmp_path / "a"), progress_bar=False)
+
+
+def test_images_decoded_on_demand_train_the_same_weights(tmp_path):
+    clean = _clean_folder(tmp_path / "clean", n=5)
+    opts = dict(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=4, val_fraction=0.2)
+    train(_options(**opts), str(tmp_path / "memory"), progress_bar=False)
+    summary = train(_options(**opts, cache_gb=0), str(tmp_path / "files"), progress_bar=False)
+    a = read_checkpoint(tmp_path / "memory" / "checkpoint.pt")["model"]
+    b = read_checkpoint(tmp_path / "files" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["images_train"] == 4 and summary["images_val"] == 1
+    with pytest.raises(ValueError, match="--cache-gb"):
+        train(_options(**opts, cache_gb=-1), str(tmp_path / "bad"), progress_bar=False)
 
 
 @pytest.mark.parametrize("suffix", ["checkpoint.pt", "model.safetensors"])

@@ -19,6 +19,8 @@ log = logging.getLogger("dbsn")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WORKERS_HELP = ("processes that draw training batches (0: this process); a GPU needs a few, "
                 "a small CPU machine none")
+CACHE_HELP = ("keep the decoded training images in memory up to this many GB (default: half the available "
+              "memory); a larger set is decoded from its files on demand, which --workers hides")
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
 
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gradient scaler); the heads and the losses stay in fp32")
     o.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
     o.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
+    o.add_argument("--cache-gb", type=float, help=CACHE_HELP)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
     o.add_argument("--val-every", type=int, default=200)
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
     k.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
     k.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
+    k.add_argument("--cache-gb", type=float, help=CACHE_HELP)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--val-every", type=int, default=200)
     k.add_argument("--save-every", type=int, default=500)
@@ -188,6 +192,8 @@ def _resumed_options(cls, args):
                      for k, v in stored.items()})
     if args.steps is not None or args.minutes is not None:
         options.steps, options.minutes = args.steps, args.minutes
+    if getattr(args, "cache_gb", None) is not None:  # the machine may have changed
+        options.cache_gb = args.cache_gb
     return options
 
 
@@ -225,7 +231,8 @@ def cmd_distill(args) -> int:
             batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
             weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
             u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,
-            lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, seed=args.seed,
+            lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, cache_gb=args.cache_gb,
+            seed=args.seed,
             val_every=args.val_every, save_every=args.save_every, device=args.device,
         )
     _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)

@@ -1,16 +1,18 @@
 """Image files, folders of images, and training patches."""
 
 from .io import ImageInfo, ImageReadError, atomic_path, list_images, read_image, write_image
-from .patches import ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from .patches import ImageFolder, ImageSet, PatchSampler, cache_budget, load_folder, seeded_generator, split_validation
 from .stream import BatchStream
 
 __all__ = [
     "BatchStream",
     "ImageFolder",
     "ImageInfo",
+    "ImageSet",
     "ImageReadError",
     "PatchSampler",
     "atomic_path",
+    "cache_budget",
     "list_images",
     "load_folder",
     "read_image",

@@ -1,10 +1,10 @@
-"""Folders of images in memory, and random training patches drawn with an explicit generator."""
+"""Folders of images, in memory or decoded on demand, and random training patches drawn with an explicit generator."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,33 +16,139 @@ from .io import ImageReadError, convert_channels, list_images, read_image
 
 log = logging.getLogger("dbsn")
 
+GIB = 1024**3
+
+
+class ImageSet(Sequence):
+    """Float32 images ``(C, H, W)``: held in memory, or decoded from their files each time one is asked for.
+
+    The sizes are known either way, so patches can be placed without decoding. ``transforms``
+    are applied, in order, to each decoded image (a fixed noisy realisation, for example).
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], tensors: Sequence[torch.Tensor] | None = None,
+                 paths: Sequence[Path] | None = None, channels: int | None = None,
+                 transforms: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = ()):
+        if (tensors is None) == (paths is None):
+            raise ValueError("an image set holds either tensors or the paths to decode them from")
+        self.sizes = [tuple(int(v) for v in hw) for hw in sizes]
+        self.tensors = None if tensors is None else list(tensors)
+        self.paths = None if paths is None else list(paths)
+        self.channels, self.transforms = channels, tuple(transforms)
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[torch.Tensor]) -> ImageSet:
+        if isinstance(tensors, ImageSet):
+            return tensors
+        return cls([t.shape[-2:] for t in tensors], tensors=tensors)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.tensors is not None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(range(len(self))[i])
+        if self.tensors is not None:
+            return self.tensors[i]
+        path = self.paths[i]
+        try:
+            array, _ = read_image(path, self.channels)
+        except ImageReadError as err:
+            raise ImageReadError(f"{err} (it was readable when training started)") from None
+        if tuple(array.shape[-2:]) != self.sizes[i]:
+            raise ImageReadError(f"{path}: its size changed from {self.sizes[i]} to {tuple(array.shape[-2:])} "
+                                 "since training started")
+        x = torch.from_numpy(array)
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        indices = list(indices)
+        return ImageSet([self.sizes[i] for i in indices],
+                        tensors=None if self.tensors is None else [self.tensors[i] for i in indices],
+                        paths=None if self.paths is None else [self.paths[i] for i in indices],
+                        channels=self.channels, transforms=self.transforms)
+
+    def map(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> ImageSet:
+        """``transform`` of every image: applied now in memory, else at each decoding (so it must be deterministic)."""
+        if self.tensors is not None:
+            return ImageSet(self.sizes, tensors=[transform(x) for x in self.tensors])
+        return ImageSet(self.sizes, paths=self.paths, channels=self.channels,
+                        transforms=(*self.transforms, transform))
+
 
 @dataclass
 class ImageFolder:
-    """Images of one folder as float32 tensors ``(C, H, W)``, all with the same channel count."""
+    """Images of one or more folders (an :class:`ImageSet`), all with the same channel count."""
 
     paths: list[Path]
-    images: list[torch.Tensor]
+    images: ImageSet
     channels: int
     skipped: list[tuple[Path, str]]
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def nbytes(self) -> int:
+        """The size of the decoded float32 images, whether or not they are held in memory."""
+        return sum(4 * self.channels * h * w for h, w in self.images.sizes)
 
-def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channels: int | None = None) -> ImageFolder:
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations, or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cache_budget(cache_gb: float | None) -> int:
+    """Bytes of decoded images one process may keep: ``cache_gb``, else half the available
+    memory shared by the processes of this machine (``torchrun`` sets ``LOCAL_WORLD_SIZE``)."""
+    if cache_gb is not None:
+        if cache_gb < 0:
+            raise ValueError(f"--cache-gb must be 0 or more, got {cache_gb}")
+        return int(cache_gb * GIB)
+    free = available_memory()
+    if free is None:
+        free = 8 * GIB
+    return free // (2 * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channels: int | None = None,
+                cache_bytes: int | None = None) -> ImageFolder:
     """Read every image of ``folder`` (or of several folders); unreadable files are logged and skipped.
+
+    Every file is decoded once, to check it and learn its size. The decoded images are
+    kept in memory while they fit in ``cache_bytes``; a larger set is decoded from its
+    files on demand instead (``--workers`` hides the cost during training).
 
     Args:
         channels: 1 or 3 to convert every image; None gives gray if every image is
             gray and colour otherwise.
+        cache_bytes: None for :func:`cache_budget`'s default.
 
     Raises:
         ValueError: when the folders hold no readable image.
     """
     folders = [folder] if isinstance(folder, (str, os.PathLike)) else list(folder)
     paths = [p for f in folders for p in list_images(f)]
-    arrays, kept, skipped = [], [], []
+    budget = cache_budget(None) if cache_bytes is None else cache_bytes
+    arrays: list | None = []
+    kept, skipped, shapes, total = [], [], [], 0
     for p in paths:
         try:
             array, _ = read_image(p)
@@ -50,14 +156,25 @@ def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channel
             log.warning("skipping %s", err)
             skipped.append((p, str(err)))
             continue
-        arrays.append(array)
         kept.append(p)
-    if not arrays:
+        shapes.append(array.shape)
+        total += 4 * (channels or 3) * array.shape[1] * array.shape[2]
+        if arrays is not None and total > budget:
+            log.info("the images take more than %.2f GB decoded: decoding them from their files on demand",
+                     budget / GIB)
+            arrays = None
+        if arrays is not None:
+            arrays.append(array)
+    if not kept:
         where = ", ".join(repr(str(f)) for f in folders)
         raise ValueError(f"no readable image in {where} (looked for .png, .jpg, .tif and .bmp files)")
     if channels is None:
-        channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
-    images = [torch.from_numpy(convert_channels(a, channels)) for a in arrays]
+        channels = 1 if all(shape[0] == 1 for shape in shapes) else 3
+    sizes = [shape[1:] for shape in shapes]
+    if arrays is None:
+        images = ImageSet(sizes, paths=kept, channels=channels)
+    else:
+        images = ImageSet(sizes, tensors=[torch.from_numpy(convert_channels(a, channels)) for a in arrays])
     return ImageFolder(kept, images, channels, skipped)
 
 
@@ -95,8 +212,8 @@ class PatchSampler:
         patch_size: int,
         batch_size: int,
         generator: torch.Generator,
-        noisy: list[torch.Tensor] | None = None,
-        clean: list[torch.Tensor] | None = None,
+        noisy: Sequence[torch.Tensor] | ImageSet | None = None,
+        clean: Sequence[torch.Tensor] | ImageSet | None = None,
         noise: NoiseModel | None = None,
     ):
         if noisy is None and (clean is None or noise is None):
@@ -104,16 +221,18 @@ class PatchSampler:
         if noisy is not None and clean is not None and len(noisy) != len(clean):
             raise ValueError(f"{len(noisy)} noisy but {len(clean)} clean images: they must be aligned")
         base = noisy if noisy is not None else clean
-        if not base:
+        if not len(base):
             raise ValueError("no images to sample patches from")
         self.noisy, self.clean, self.noise = noisy, clean, noise
         self.patch_size, self.batch_size, self.generator = patch_size, batch_size, generator
-        # the images themselves, padded only where smaller than a patch: no second copy of the set
-        self._sets = [[_pad_to(x, patch_size) for x in images] for images in (noisy, clean) if images is not None]
-        areas = torch.tensor([float(x.shape[-2] * x.shape[-1]) for x in self._sets[0]])
-        self._weights = areas / areas.sum()
-        if len(self._sets) == 2 and any(a.shape[-2:] != b.shape[-2:] for a, b in zip(*self._sets)):
+        # the images themselves (in memory or decoded on demand), padded as they are cut where
+        # smaller than a patch: no second copy of the set
+        self._sets = [ImageSet.from_tensors(images) for images in (noisy, clean) if images is not None]
+        if len(self._sets) == 2 and self._sets[0].sizes != self._sets[1].sizes:
             raise ValueError("noisy and clean images must have the same sizes, image by image")
+        self._sizes = [(max(h, patch_size), max(w, patch_size)) for h, w in self._sets[0].sizes]
+        areas = torch.tensor([float(h * w) for h, w in self._sizes])
+        self._weights = areas / areas.sum()
 
     def sample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images.
@@ -128,13 +247,16 @@ class PatchSampler:
         g, p = (generator if generator is not None else self.generator), self.patch_size
         idx = torch.multinomial(self._weights, self.batch_size, replacement=True, generator=g)
         patches: list[list[torch.Tensor]] = [[] for _ in self._sets]
+        fetched: dict[int, list[torch.Tensor]] = {}  # each image decoded at most once per batch
         for i in idx.tolist():
-            h, w = self._sets[0][i].shape[-2:]
+            h, w = self._sizes[i]
             top = int(torch.randint(0, h - p + 1, (1,), generator=g))
             left = int(torch.randint(0, w - p + 1, (1,), generator=g))
             k = int(torch.randint(0, 8, (1,), generator=g))
-            for images, out in zip(self._sets, patches):  # the same crop and view of aligned images
-                out.append(dihedral(images[i][:, top : top + p, left : left + p], k))
+            if i not in fetched:
+                fetched[i] = [_pad_to(images[i], p) for images in self._sets]
+            for image, out in zip(fetched[i], patches):  # the same crop and view of aligned images
+                out.append(dihedral(image[:, top : top + p, left : left + p], k))
         batches = [torch.stack(out) for out in patches]
         if self.noisy is None:
             return self.noise.add(batches[0], g), batches[0], idx.tolist()
@@ -156,4 +278,7 @@ def seeded_generator(seed: int) -> torch.Generator:
     return g
 
 
-__all__ = ["ImageFolder", "PatchSampler", "dihedral", "load_folder", "seeded_generator", "split_validation"]
+__all__ = [
+    "ImageFolder", "ImageSet", "PatchSampler", "available_memory", "cache_budget", "dihedral", "load_folder",
+    "seeded_generator", "split_validation",
+]

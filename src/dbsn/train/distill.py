@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import distributed, linalg
-from ..data import BatchStream, PatchSampler, load_folder, seeded_generator
+from ..data import BatchStream, PatchSampler, cache_budget, load_folder, seeded_generator
 from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
@@ -68,6 +68,7 @@ class DistillOptions:
     precision: str = "fp32"
     ema: float = 0.0
     workers: int = 0
+    cache_gb: float | None = None
     val_patches: int = 16
     val_every: int = 200
     save_every: int = 500
@@ -87,6 +88,7 @@ class DistillOptions:
         if not 0 < lo <= hi:
             raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
         check_workers(self.workers)
+        cache_budget(self.cache_gb)  # refuses a negative size
         if self.weight_noisy < 0 or self.weight_clean < 0:
             raise ValueError("loss weights must be non-negative")
         check_precision(self.precision)
@@ -135,7 +137,8 @@ class DistillData:
         from ..inference import Denoiser
 
         channels = int(teacher.config["in_channels"])
-        noisy = load_folder(options.noisy, channels)
+        budget = cache_budget(options.cache_gb)
+        noisy = load_folder(options.noisy, channels, budget)
         self.channels = channels
         noisy_images = ctx.shard(noisy.images)  # each rank: its own shard of both folders
         log.info("teacher: denoising %d noisy images", len(noisy_images))
@@ -146,12 +149,10 @@ class DistillData:
             x_hat.append(out["x_hat"][0])
             measured.append(factor_of(out.get("cov_n", out["var_n"])[0]))
         self.options = options
-        clean_images, self.skipped = [], list(noisy.skipped)
-        for folder in options.clean:
-            loaded = load_folder(folder, channels)
-            clean_images += loaded.images
-            self.skipped += loaded.skipped
-        clean_images = ctx.shard(clean_images)
+        # the teacher's x_hat stays in memory: the clean folders get what is left of the budget
+        clean = load_folder(options.clean, channels, max(0, budget - 2 * noisy.nbytes))
+        self.skipped = noisy.skipped + clean.skipped
+        clean_images = ctx.shard(clean.images)
         teacher.cpu()
         per_pixel = teacher.noise_model == "hg"
         if options.synthetic_levels == "clean" and teacher.estimator_input == "residual":

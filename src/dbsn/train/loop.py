@@ -75,8 +75,22 @@ def prepare_run(out_dir: str, resume: bool, ctx: Context = Context()) -> dict | 
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another -o")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            _trim_log(out / "log.csv", int(state["step"]))
     ctx.barrier()
     return state
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the rows a stopped run logged after its last checkpoint: the resumed run logs them again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    first = [row.split(",", 1)[0] for row in lines]
+    kept = lines[:1] + [row for row, f in zip(lines[1:], first[1:]) if not f.isdigit() or int(f) <= step]
+    if len(kept) < len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept))
 
 
 def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar: bool = True,

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
 from .. import distributed, losses
-from ..data import BatchStream, ImageFolder, PatchSampler, load_folder, seeded_generator, split_validation
+from ..data import BatchStream, ImageFolder, PatchSampler, cache_budget, load_folder, seeded_generator, split_validation
 from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
@@ -64,6 +65,7 @@ class TrainOptions:
     precision: str = "fp32"
     ema: float = 0.0
     workers: int = 0
+    cache_gb: float | None = None
     val_fraction: float = 0.1
     val_patches: int = 16
     val_every: int = 200
@@ -96,6 +98,7 @@ class TrainOptions:
         if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:
             raise ValueError(f"phase split needs three non-negative shares, got {self.phase_split}")
         check_workers(self.workers)
+        cache_budget(self.cache_gb)  # refuses a negative size
         if self.patch_size < 8 or self.batch_size < 1:
             raise ValueError("patch size must be at least 8 and batch size at least 1")
 
@@ -130,7 +133,7 @@ class Stage1Data:
     """Training sampler and fixed validation patches for one run."""
 
     def __init__(self, options: TrainOptions, generator: torch.Generator, ctx: Context = Context()):
-        folder = load_folder(options.noisy or options.clean, options.channels)
+        folder = load_folder(options.noisy or options.clean, options.channels, cache_budget(options.cache_gb))
         self.folder: ImageFolder = folder
         self.channels = folder.channels
         clean = noisy = None
@@ -140,9 +143,9 @@ class Stage1Data:
         else:
             clean = folder.images
             if options.fixed_noise:
-                noisy = [noise.add_protocol(x, seed=0) for x in clean]
+                noisy = clean.map(partial(noise.add_protocol, seed=0))
         train_idx, val_idx = split_validation(len(folder), options.val_fraction, generator)
-        pick = lambda items, idx: None if items is None else [items[i] for i in idx]  # noqa: E731
+        pick = lambda items, idx: None if items is None else items.subset(idx)  # noqa: E731
         if ctx.enabled:  # each rank its own shard of the images and its own stream of patches
             generator.manual_seed(ctx.seed(options.seed))
         shard = ctx.shard(train_idx)
