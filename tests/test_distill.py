@@ -72,6 +72,16 @@ def test_distillation_smoke_raises_student_psnr(tmp_path):
     result = dbsn.evaluate(denoiser, clean, "awgn:25")
     assert result["psnr_mu"] is None and result["psnr"] > result["psnr_noisy"]
 
+    # --init: a student continues from trained weights (lr 0: they come back unchanged)
+    distill(DistillOptions(**{**opts.__dict__, "steps": 1, "lr": 0.0, "init": str(tmp_path / "s" / "model.safetensors")}),
+            str(tmp_path / "again"), progress_bar=False)
+    a, b = load_model(tmp_path / "s" / "model.safetensors"), load_model(tmp_path / "again" / "model.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="do not fit"):
+        distill(DistillOptions(**{**opts.__dict__, "student_kwargs": {"widths": [8, 16, 32]},
+                                  "init": str(tmp_path / "s" / "model.safetensors")}),
+                str(tmp_path / "wrong"), progress_bar=False)
+
 
 @pytest.mark.parametrize(
     "kw,match",

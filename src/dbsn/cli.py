@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--student", default="unet_small", help="student model name (see `dbsn models`)")
     k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
     k.add_argument("--depth", type=int, help="student conv layers per level")
+    k.add_argument("--init", help="start the student from these weights (a student's checkpoint, weights file or "
+                                  "bundled name): fine-tuning")
     _budget(k)
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--patch-size", type=int, default=96)
@@ -227,7 +229,7 @@ def cmd_distill(args) -> int:
             student_kwargs["depth"] = args.depth
         options = DistillOptions(
             teacher=args.teacher or "", noisy=args.noisy or "", clean=list(args.clean or []),
-            student=args.student, student_kwargs=student_kwargs, steps=args.steps, minutes=args.minutes,
+            student=args.student, student_kwargs=student_kwargs, init=args.init, steps=args.steps, minutes=args.minutes,
             batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
             weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
             u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ class Denoiser:
             y = y.to(self.device, torch.float32, memory_format=memory_format_for(self.device))
             spec = self.model.tile_spec()
             if self.is_blind_spot:
-                parts = tiled_apply(self._network(self.model.pixel_parts), y, spec, self.max_memory)
+                # the D-BSN under the chosen precision, its heads in fp32 (as trained)
+                parts = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec,
+                                    self.max_memory)
                 out = self.model.assemble(y, parts, gamma=self.gamma)  # averages and fusion in fp32
             else:
                 out = tiled_apply(self._network(self.model), y, spec, self.max_memory)

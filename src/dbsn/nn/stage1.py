@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import linalg
 from ..fusion import bayes_fusion
+from ..runtime import autocast
 from ..tiling import TileSpec
 from .bsn import DBSN, DilatedInceptionBlock
 from .heads import NoiseEstimator, VarMuHead
@@ -109,9 +110,14 @@ class DBSNModel(nn.Module):
         """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""
         return self.average(*self.pixel_uncertainty(y, mu, f))
 
-    def pixel_parts(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``mu`` and the per-pixel ``s_mu``, ``s_n``: all local, so they can be computed tile by tile."""
-        mu, f = self.bsn(y)
+    def pixel_parts(self, y: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
+        """``mu`` and the per-pixel ``s_mu``, ``s_n``: all local, so they can be computed tile by tile.
+
+        ``precision`` is the D-BSN's; the noise estimator and the heads run in fp32, as in training.
+        """
+        with autocast(precision, y.device):
+            mu, f = self.bsn(y)
+        mu, f = mu.to(y.dtype), f.to(y.dtype)
         s_mu, s_n = self.pixel_uncertainty(y, mu, f)
         return {"mu": mu, "s_mu": s_mu, "s_n": s_n}
 

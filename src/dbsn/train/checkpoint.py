@@ -13,6 +13,7 @@ Either one rebuilds its model with :func:`load_model` and nothing else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from torch import nn
 
 from ..data.io import atomic_path
 from ..nn import create_model
+
+log = logging.getLogger("dbsn")
 
 FORMAT_VERSION = 1
 
@@ -79,3 +82,17 @@ def model_from_payload(payload: dict) -> nn.Module:
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model from a checkpoint or safetensors file, in eval mode on the CPU."""
     return model_from_payload(read_checkpoint(path)).eval()
+
+
+def init_weights(model: nn.Module, source: str) -> None:
+    """Start from trained weights (fine-tuning): a checkpoint, weights file or bundled name."""
+    from ..pretrained import resolve_model
+
+    payload = read_checkpoint(resolve_model(source))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:2]
+        raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
+                         f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
+    log.info("initialised from %s", source)

@@ -37,7 +37,7 @@ from ..nn import create_model
 from ..nn.registry import model_kind
 from ..pretrained import resolve_model
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
-from .checkpoint import load_model
+from .checkpoint import init_weights, load_model
 from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
@@ -54,6 +54,7 @@ class DistillOptions:
     clean: list[str] = field(default_factory=list)
     student: str = "unet_small"
     student_kwargs: dict = field(default_factory=dict)
+    init: str | None = None
     steps: int | None = None
     minutes: float | None = None
     batch_size: int = 16
@@ -221,6 +222,8 @@ class DistillTask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
+        if options.init:
+            init_weights(model, options.init)
         self.model = model.to(device, memory_format=memory_format_for(device))
         self.net = distributed.wrap(self.model, ctx, device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)

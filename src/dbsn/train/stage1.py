@@ -28,9 +28,8 @@ from ..metrics import psnr
 from ..nn import create_model
 from ..nn.stage1 import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
-from ..pretrained import resolve_model
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
-from .checkpoint import read_checkpoint
+from .checkpoint import init_weights
 from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
@@ -186,18 +185,6 @@ class Stage1Objective(nn.Module):
             return losses.l2_loss(y, mu)
         s_mu, s_n = self.model.uncertainty(y, mu, f)
         return losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
-
-
-def init_weights(model: nn.Module, source: str) -> None:
-    """Start from trained weights (fine-tuning): a checkpoint, weights file or bundled name."""
-    payload = read_checkpoint(resolve_model(source))
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[:2]
-        raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
-                         f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
-    log.info("initialised from %s", source)
 
 
 class Stage1Task:
