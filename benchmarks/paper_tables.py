@@ -76,6 +76,8 @@ def main() -> int:
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("--images", type=int, help="only the first N images of each set (a quick look)")
     p.add_argument("--no-bm3d", action="store_true")
+    p.add_argument("--models", nargs="+", help="only these bundled models (default: all)")
+    p.add_argument("--noise", nargs="+", help="only these rows, e.g. awgn:25 (default: every row a model applies to)")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     p.add_argument("--cards", action="store_true", help="also write each model's rows into its model card")
     args = p.parse_args()
@@ -84,7 +86,7 @@ def main() -> int:
     from dbsn.inference import evaluate
     from dbsn.pretrained import bundled_models
 
-    models = [m for m in bundled_models().values() if m.available]
+    models = [m for m in bundled_models().values() if m.available and (not args.models or m.name in args.models)]
     if not models:
         print("no bundled models with weights installed (see `dbsn list`)", file=sys.stderr)
         return 2
@@ -93,7 +95,7 @@ def main() -> int:
     bm3d_cache: dict = {}
     rows_of: dict[str, list[str]] = {}
     for model in models:
-        for noise in rows_for(model):
+        for noise in (n for n in rows_for(model) if not args.noise or n in args.noise):
             set_name = TEST_SET[model.channels]
             clean = args.datasets / set_name
             if not clean.is_dir():
@@ -116,7 +118,8 @@ def main() -> int:
             rows_of.setdefault(model.name, []).append(lines[-1])
     stamp = (f"{datetime.date.today().isoformat()} on {machine()}, dbsn {dbsn.__version__}"
              + (f", first {args.images} images only" if args.images else ""))
-    table = "\n".join(lines) + f"\n\nMeasured {stamp}: `python benchmarks/paper_tables.py`.\n"
+    command = " ".join(["python", "benchmarks/paper_tables.py", *sys.argv[1:]])
+    table = "\n".join(lines) + f"\n\nMeasured {stamp}: `{command}`.\n"
     print("\n" + table)
     from dbsn.data.io import atomic_path
 
@@ -131,7 +134,7 @@ def main() -> int:
             head = text.split(MEASURED)[0].rstrip() + "\n\n"
             with atomic_path(model.card) as tmp:
                 tmp.write_text(head + MEASURED + "\n\n" + "\n".join(lines[:2] + rows_of[model.name])
-                               + f"\n\nMeasured {stamp}: `python benchmarks/paper_tables.py --cards`.\n")
+                               + f"\n\nMeasured {stamp}: `{command}`.\n")
             print(f"wrote the results into {model.card}")
     return 0
 
