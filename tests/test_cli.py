@@ -7,6 +7,7 @@ from PIL import Image
 
 import dbsn
 from dbsn.cli import main
+from dbsn.pretrained import default_names
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +108,27 @@ def test_models_lists_registry(capsys):
     assert "blind-spot width=96 blocks=8" in out and "unet_small" in out
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["-q", "demo", "-o", str(tmp_path / "demo"), "--steps", "4"]) == 0
+def test_demo_denoises_with_the_bundled_defaults(tmp_path, capsys):
+    assert main(["-q", "demo", "-o", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "mean" in out and len(list((tmp_path / "demo" / "denoised").glob("*.png"))) == 4
+    written = sorted(p.name for p in (tmp_path / "demo" / "denoised").glob("*.png"))
+    expected = {"1": ["gray_castle.png", "gray_coyote.png"], "3": ["color_penguin.png", "color_tiger.png"]}
+    defaults = default_names()
+    assert written == sorted(name for c in defaults for name in expected[c])
+    modes = {"1": "L", "3": "RGB"}
+    for c in defaults:  # a gray model writes gray, a colour model colour
+        assert Image.open(tmp_path / "demo" / "denoised" / expected[c][0]).mode == modes[c]
+    if len(defaults) < 2:
+        assert "skipped" in out
+    noisy, denoised = (float(v) for v in next(line for line in out.splitlines() if line.startswith("mean")).split()[1:])
+    assert denoised > noisy + 6  # std 25 noise: about 20.5 dB before
     assert (tmp_path / "demo" / "before_after.png").is_file()
+
+
+def test_demo_without_bundled_models_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DBSN_WEIGHTS", str(tmp_path))
+    assert main(["-q", "demo", "-o", str(tmp_path / "demo")]) == 2
+    assert "no bundled default model" in capsys.readouterr().err
 
 
 def test_add_noise_is_reproducible_unclipped_and_skips_bad_files(tmp_path, capsys):

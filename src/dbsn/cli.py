@@ -138,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast for the network (faster on CPUs with bf16 support)")
 
-    demo = sub.add_parser("demo", help="train briefly on the bundled noisy images, denoise them, print PSNR")
-    demo.add_argument("-o", "--out", default="dbsn-demo", help="folder for the run and the outputs")
-    demo.add_argument("--steps", type=int, default=300)
+    demo = sub.add_parser("demo", help="denoise the bundled noisy images with the bundled default models, "
+                                       "print PSNR, draw a before/after figure")
+    demo.add_argument("-o", "--out", default="dbsn-demo", help="folder for the outputs")
+    demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
     x = sub.add_parser("export", help="export a student to ONNX, checked against onnxruntime")
     x.add_argument("--model", required=True, help="student checkpoint, weights or bundled name")
@@ -315,7 +316,7 @@ def cmd_add_noise(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, steps=args.steps, progress_bar=not args.quiet)
+    return run_demo(args.out, progress_bar=not args.quiet, device=args.device)
 
 
 def cmd_models(args) -> int:
