@@ -86,3 +86,15 @@ def test_bad_arguments_raise():
         dbsn.create_model("dbsn_tiny", noise_model="poisson")
     with pytest.raises(ValueError, match="expected y of shape"):
         dbsn.create_model("dbsn_tiny", in_channels=1)(torch.rand(1, 3, 8, 8))
+
+
+def test_bf16_runs_only_the_dbsn_and_keeps_the_estimator_and_heads_in_fp32():
+    torch.manual_seed(0)
+    model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn").eval()
+    y = torch.rand(1, 1, 24, 24)
+    with torch.no_grad():
+        fp32, bf16 = model.pixel_parts(y), model.pixel_parts(y, precision="bf16")
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    # CNN_est reads y itself: in fp32 its output does not depend on the D-BSN's precision
+    assert torch.equal(fp32["s_n"], bf16["s_n"])
+    assert not torch.equal(fp32["mu"], bf16["mu"]) and torch.allclose(fp32["mu"], bf16["mu"], rtol=0.03, atol=0.02)
