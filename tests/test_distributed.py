@@ -60,3 +60,17 @@ def test_shards_and_seeds():
     assert len({c.seed(5) for c in ranks}) == 3 and ranks[0].seed(5) == 5
     assert Context(rank=2, world_size=3).shard([9]) == [9]  # fewer items than ranks: never empty
     assert Context().shard(items) == items and not Context().enabled
+
+
+def test_distill_under_two_processes_agrees(ddp_run):
+    root, noisy, run = ddp_run
+    out = root / "student"
+    done = _torchrun(["distill", "--teacher", str(run / "model.safetensors"), "--noisy", str(noisy), "--clean",
+                      str(noisy), "--student", "mwcnn_small", "--widths", "8,16,32", "--steps", "4",
+                      "--patch-size", "32", "--batch-size", "4", "--val-every", "2", "--device", "cpu", "-o", str(out)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "run.json").read_text())
+    first, second = summary["rank_parameter_checksums"]
+    assert summary["world_size"] == 2 and first == second
+    assert len((out / "log.csv").read_text().strip().splitlines()) == 1 + 4
+    assert done.stdout.count('"steps"') == 1  # one report, rank 0's

@@ -105,18 +105,19 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn.Module:
+def wrap(module: torch.nn.Module, ctx: Context, device: torch.device, partial: bool = False) -> torch.nn.Module:
     """``module`` in DistributedDataParallel when there are several processes, else as it is.
 
-    ``find_unused_parameters`` is on because the three-phase schedule trains a part of
-    the model at a time.
+    ``partial``: some steps leave parameters unused (the three-phase schedule trains a
+    part of the model at a time), so DDP must look for them; it costs a graph traversal
+    per step, which a student, whose every step uses every parameter, does not pay.
     """
     if not ctx.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=partial)
 
 
 def parameter_checksum(model: torch.nn.Module) -> float:

@@ -206,7 +206,7 @@ class Stage1Task:
         if options.init:
             init_weights(model, options.init)
         self.model = model.to(device, memory_format=memory_format_for(device))
-        self.objective = distributed.wrap(Stage1Objective(self.model, options), ctx, device)
+        self.objective = distributed.wrap(Stage1Objective(self.model, options), ctx, device, partial=True)
         self.optimizer = torch.optim.Adam(
             [{"params": list(model.bsn.parameters())}, {"params": model.head_parameters()}], lr=options.lr
         )
