@@ -230,13 +230,12 @@ def cmd_distill(args) -> int:
             student_kwargs["depth"] = args.depth
         options = DistillOptions(
             teacher=args.teacher or "", noisy=args.noisy or "", clean=list(args.clean or []),
-            student=args.student, student_kwargs=student_kwargs, init=args.init, steps=args.steps, minutes=args.minutes,
-            batch_size=args.batch_size, patch_size=args.patch_size, noisy_share=args.noisy_share,
-            weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
+            student=args.student, student_kwargs=student_kwargs, init=args.init, steps=args.steps,
+            minutes=args.minutes, batch_size=args.batch_size, patch_size=args.patch_size,
+            noisy_share=args.noisy_share, weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
             u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,
             lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, cache_gb=args.cache_gb,
-            seed=args.seed,
-            val_every=args.val_every, save_every=args.save_every, device=args.device,
+            seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
         )
     _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
     return EXIT_OK

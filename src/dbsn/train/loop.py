@@ -41,7 +41,6 @@ class Task(Protocol):
         """Validation metrics (floats)."""
 
 
-
 def cosine(q: float, floor: float = 0.05) -> float:
     """Learning-rate factor: from 1 at ``q = 0`` down to ``floor`` at ``q = 1``."""
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))

@@ -13,7 +13,6 @@ Schedules:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -31,8 +30,6 @@ from ..noise import parse_noise
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
 from .checkpoint import init_weights
 from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
-
-log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
 
