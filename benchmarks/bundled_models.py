@@ -60,7 +60,7 @@ STUDENT = ["--student", "mwcnn_small", "--widths", "48,96,192", "--depth", "3", 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
     "gray": (1, "awgn:5-50", 40, 55, "gray images, Gaussian noise of unknown level (std 5 to 50)"),
-    "color": (3, "awgn:5-50", 40, 120, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
+    "color": (3, "awgn:5-50", 40, 60, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
     "gray-hg": (1, "hg:40,10", 40, 60, "gray images, signal-dependent noise (alpha 40, delta 10)"),
     "color-hg": (3, "hg:40,10", 40, 60, "colour images, signal-dependent noise (alpha 40, delta 10)"),
     "color-mg": (3, "mg", 40, 60, "colour images, noise correlated across channels"),

@@ -139,3 +139,31 @@ def test_synthetic_levels_from_noisy_images_refuse_hg(tmp_path):
     options = DistillOptions(teacher="t", noisy=str(noisy), clean=[str(clean)], steps=1, synthetic_levels="noisy")
     with pytest.raises(ValueError, match="HG"):
         DistillData(options, teacher, torch.Generator().manual_seed(0))
+
+
+def test_zero_weight_on_the_noisy_pairs_makes_the_teacher_targets_irrelevant(tmp_path):
+    # two teachers with the same noise estimator but different D-BSNs: their x_hat targets differ,
+    # their synthetic noise does not, so with --weight-noisy 0 the students must come out identical
+    clean = _clean_folder(tmp_path / "clean", n=3, size=40)
+    noisy = _noisy_folder(tmp_path / "noisy", clean)
+    torch.manual_seed(0)
+    teacher = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn").eval()
+    save_weights(tmp_path / "a.safetensors", teacher)
+    with torch.no_grad():
+        for p in teacher.bsn.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    save_weights(tmp_path / "b.safetensors", teacher)
+
+    def student(name, weight_noisy):
+        opts = DistillOptions(teacher=str(tmp_path / name), noisy=str(noisy), clean=[str(clean)],
+                              student="unet_small", student_kwargs={"widths": [8, 16, 32]}, steps=3,
+                              batch_size=8, patch_size=32, weight_noisy=weight_noisy, val_every=1000)
+        out = tmp_path / f"{name}-{weight_noisy}"
+        distill(opts, str(out), progress_bar=False)
+        return list(load_model(out / "model.safetensors").state_dict().values())
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    assert same(student("a.safetensors", 0.0), student("b.safetensors", 0.0))
+    assert not same(student("a.safetensors", 0.1), student("b.safetensors", 0.1))
