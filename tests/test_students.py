@@ -48,3 +48,18 @@ def test_haar_is_orthonormal_and_invertible():
 def test_paper_mwcnn_size():
     params = sum(p.numel() for p in dbsn.create_model("mwcnn").parameters())
     assert 10e6 < params < 25e6
+
+
+@pytest.mark.parametrize("h,w", [(13, 21), (9, 16), (8, 8), (1, 5), (3, 1), (1, 1)])
+def test_padding_reflects_so_the_noise_stays_noise(h, w):
+    # a repeated edge row is a strip of identical values the students never saw in training
+    from dbsn.nn.students import _pad_to_multiple
+
+    y = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    padded, size = _pad_to_multiple(y, 8)
+    assert size == (h, w) and padded.shape[-2] % 8 == 0 and padded.shape[-1] % 8 == 0
+    assert torch.equal(padded[..., :h, :w], y)
+    if h >= 8 and w >= 8:
+        assert torch.equal(padded, torch.nn.functional.pad(y, (0, (-w) % 8, 0, (-h) % 8), mode="reflect"))
+    else:  # too short to reflect: the edge is repeated, never an index outside the image
+        assert torch.isin(padded, y).all()
