@@ -20,18 +20,19 @@ is CNN_est on the clean image (the paper's rule).
 
 The student's loss keeps only the synthetic pairs (`--weight-noisy 0`); the teacher's
 `x_hat` targets on the noisy copies weigh nothing, and the noisy copies serve to measure
-the noise levels. With the paper's weight 0.1 the teacher pulls hard: `mse` is a mean over
+the noise levels. With the paper's weight 0.1 the teacher still pulls: `mse` is a mean over
 each part of the batch, so a teacher target weighs 0.1 / 2 per patch against 1 / 14 for a
 synthetic pair, and a student that cannot tell the two inputs apart settles 40 % of the way
 towards the teacher's output. The paper's teacher is almost as good as its student; this
-CPU-sized one is not (26.5 dB against BM3D's 28.6 on BSD68 sigma 25). Measured on the first
-8 BSD68 images (`dbsn -q evaluate --model M --clean FIRST8 --noise awgn:S`), sigma 15 / 25 / 50:
+CPU-sized one is not (26.5 dB against BM3D's 28.6 on BSD68 sigma 25). On all of BSD68
+(`dbsn -q evaluate --model M --clean $DATASETS/bsd68 --noise awgn:S`), sigma 15 / 25 / 50:
 
-- weight 0.1, 120 minutes, this recipe otherwise: 30.78 / 27.48 / 23.42;
-- weight 0, 12 minutes, levels from 20 of the noisy copies, train400 only: 30.54 / 28.17 / 25.10.
+- weight 0.1, 120 minutes (`runs/bundled/gray-w0.1`): 30.82 / 28.49 / 25.59;
+- weight 0, 55 minutes (the bundled `gray`): 31.04 / 28.65 / 25.70.
 
-Fine-tuning the weight-0.1 student with weight 0.01 for 45 minutes had not helped (27.52 on
-all of BSD68 at sigma 25, against 27.51): the pulled student is a poor place to start from.
+Both numbers are with the students' reflection padding. Before it, repeated edge rows
+hid most of the students' quality (27.51 and 28.13 at sigma 25), and a first comparison
+on 8 images overstated the teacher's pull.
 """
 
 from __future__ import annotations
