@@ -67,6 +67,7 @@ RECIPES = {
     "color-mg": (3, "mg", 40, 60, "colour images, noise correlated across channels"),
 }
 TEST_SET = {1: "bsd68", 3: "cbsd68"}
+MEASURED = "### Measured"  # where a model card's results begin (paper_tables.py --cards)
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -129,8 +130,25 @@ def _save_model(src: Path, dst: Path, half: bool) -> None:
     save_weights(dst, model.half() if half else model)
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold equal tensors (their bytes may differ)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not b.is_file():
+        return False
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]) for k in x)
+
+
 def bundle(name: str, datasets: Path, check_images: int) -> None:
-    """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards."""
+    """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards.
+
+    A model whose tensors are already bundled keeps its file and the measured rows of its card
+    (``paper_tables.py --cards``); a changed model drops them, as they no longer describe it.
+    """
+    import tempfile
+
     from dbsn.data.io import atomic_path
 
     channels, noise, _, _, description = RECIPES[name]
@@ -140,27 +158,40 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     clean = first_images(datasets / TEST_SET[channels], check_images)
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text())
+    scratch = Path(tempfile.mkdtemp(prefix="dbsn-bundle-"))
     for stage, (run_dir, cmd), entry in (("stage1", stage1_steps[-1], f"{name}-stage1"), ("student", steps[-1], name)):
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
-        _save_model(src, dst, half=True)
-        fp32, fp16 = _psnr(src, clean, check_noise), _psnr(dst, clean, check_noise)
+        candidate = scratch / dst.name
+        _save_model(src, candidate, half=True)
+        fp32, fp16 = _psnr(src, clean, check_noise), _psnr(candidate, clean, check_noise)
         storage = "fp16"
         if abs(fp32 - fp16) > 0.01:
             storage = "fp32"
-            _save_model(src, dst, half=False)
+            _save_model(src, candidate, half=False)
+        card_path = WEIGHTS / f"{entry}.md"
+        measured, unchanged = "", _same_weights(candidate, dst)
+        if unchanged:
+            candidate.unlink()
+            if card_path.is_file() and MEASURED in card_path.read_text():
+                measured = MEASURED + card_path.read_text().split(MEASURED, 1)[1]
+        else:
+            with atomic_path(dst) as tmp:
+                tmp.write_bytes(candidate.read_bytes())
+            candidate.unlink()
         summary = json.loads((run_dir / "run.json").read_text())
         card = _card(entry, stage, description, noise, stage1_steps if stage == "stage1" else steps, summary,
                      storage, fp32, fp16, check_noise, check_images, channels)
-        with atomic_path(WEIGHTS / f"{entry}.md") as tmp:
-            tmp.write_text(card)
+        with atomic_path(card_path) as tmp:
+            tmp.write_text(card + ("\n" + measured if measured else ""))
         index["models"][entry] = {
             "file": dst.name, "card": f"{entry}.md", "channels": channels, "stage": stage, "noise": noise,
             "description": description + (" (stage 1: D-BSN with noise estimator)" if stage == "stage1" else ""),
             **({"teacher": f"{name}-stage1"} if stage == "student" else {}),
         }
-        print(f"{entry}: {storage} ({dst.stat().st_size / 1e6:.1f} MB), PSNR on {check_images} "
-              f"{TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
+        print(f"{entry}: {storage} ({dst.stat().st_size / 1e6:.1f} MB){', unchanged' if unchanged else ''}, PSNR on "
+              f"{check_images} {TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
+    scratch.rmdir()
     if noise.startswith("awgn"):
         index["default"][str(channels)] = name
     with atomic_path(index_path) as tmp:

@@ -33,6 +33,25 @@ class TileSpec:
     bytes_per_pixel: int = 4096
 
 
+def pad_reflect(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """Pad the last two dimensions at the bottom and right by reflection (the edge pixel not repeated).
+
+    Reflection keeps the noise in the padding looking like noise; repeated edge rows
+    make a strip of equal values no network saw in training. A dimension too short to
+    reflect fully (fewer pixels than its padding) repeats its first pixel after the
+    reflection. The indices are arithmetic, with no branch on the size, so an ONNX
+    export keeps height and width dynamic.
+    """
+    h, w = x.shape[-2:]
+    return x.index_select(-2, _reflected(h, bottom, x.device)).index_select(-1, _reflected(w, right, x.device))
+
+
+def _reflected(n: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices ``0 .. n - 1`` then ``n - 2, n - 3, ...`` (``pad`` of them), floored at 0."""
+    j = torch.arange(n + pad, device=device)
+    return ((n - 1) - ((n - 1) - j).abs()).clamp_min(0)
+
+
 def parse_memory(text: str | int | float) -> int:
     """``"2G"``, ``"512M"``, ``"1.5GB"`` or a number of bytes, as bytes."""
     if isinstance(text, (int, float)):

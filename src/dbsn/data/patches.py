@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..noise import NoiseModel
+from ..tiling import pad_reflect
 from .io import ImageReadError, convert_channels, list_images, read_image
 
 log = logging.getLogger("dbsn")
@@ -190,12 +190,8 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Reflect-pad ``(C, H, W)`` up to ``size`` where an image is smaller than a patch."""
-    ph, pw = max(0, size - x.shape[-2]), max(0, size - x.shape[-1])
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-    return F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
+    """Pad ``(C, H, W)`` by reflection up to ``size`` where an image is smaller than a patch."""
+    return pad_reflect(x, max(0, size - x.shape[-2]), max(0, size - x.shape[-1]))
 
 
 class PatchSampler:
