@@ -77,20 +77,16 @@ class Denoiser:
                                     self.max_memory)
                 out = self.model.assemble(y, parts, gamma=self.gamma)  # averages and fusion in fp32
             else:
-                out = tiled_apply(self._network(self.model), y, spec, self.max_memory)
+                out = tiled_apply(self._student, y, spec, self.max_memory)
             out = {k: v.float().cpu() for k, v in out.items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         return out
 
-    def _network(self, fn):
-        """``fn`` under this denoiser's precision, with fp32 outputs."""
-
-        def run(y: torch.Tensor) -> dict[str, torch.Tensor]:
-            with autocast(self.precision, self.device):
-                out = fn(y)
-            return {k: v.float() for k, v in out.items()}
-
-        return run
+    def _student(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student on ``y`` under this denoiser's precision, with fp32 outputs."""
+        with autocast(self.precision, self.device):
+            out = self.model(y)
+        return {k: v.float() for k, v in out.items()}
 
     def denoise(self, image: np.ndarray, return_std_n: bool = False):
         """Denoise one image array; the result has the input's shape and dtype.
