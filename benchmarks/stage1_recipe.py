@@ -7,6 +7,10 @@ model never sees a clean pixel, and ``dbsn evaluate`` then scores the same set.
     python benchmarks/stage1_recipe.py --set bsd68 --minutes 30 -o runs/bsd68_s25
     python benchmarks/stage1_recipe.py --set cbsd68 --minutes 30 -o runs/cbsd68_s25
 
+With ``--heads-from MODEL`` only the heads phase runs (its share of ``--minutes``, from
+``--phase-split``), from fresh heads on the D-BSN of MODEL: the same recipe with a given
+``mu``, to tell the heads' run-to-run spread from that of ``mu``.
+
 With ``--bm3d N`` the first N images are also denoised by BM3D (``pip install bm3d``)
 in the same run, on the same noisy images, for a side-by-side baseline.
 """
@@ -20,6 +24,23 @@ import time
 from pathlib import Path
 
 from common import DATASETS, bm3d_denoise, dataset, run
+
+
+def fresh_heads(model_path: Path, out: Path) -> Path:
+    """A stage-1 model with the D-BSN of ``model_path`` and heads as initialised with seed 0 (as after phase 1)."""
+    import torch
+
+    from dbsn.nn import create_model
+    from dbsn.train.checkpoint import load_model, save_weights
+
+    trained = load_model(model_path)
+    config = dict(trained.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # dbsn train's initialisation
+        model = create_model(config.pop("name"), **config)
+    model.bsn.load_state_dict(trained.bsn.state_dict())
+    return save_weights(out, model)
+
 
 def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
     import torch
@@ -50,6 +71,7 @@ def main() -> int:
     p.add_argument("--trace-weight", default="0.1")
     p.add_argument("--phase-split", default="0.8,0.2,0")
     p.add_argument("--ema", default="0", help="weight averaging decay (0: off; 0.995 measured no better)")
+    p.add_argument("--heads-from", type=Path, help="train only the heads, on the D-BSN of this stage-1 model")
     p.add_argument("--bm3d", type=int, default=0, help="also run BM3D on the first N images")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
@@ -59,11 +81,15 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"
+    minutes, split, init = args.minutes, args.phase_split, []
+    if args.heads_from:
+        minutes = args.minutes * float(split.split(",")[1])
+        split, init = "0,1,0", ["--init", str(fresh_heads(args.heads_from, args.out / "mu.safetensors"))]
     if not (run_dir / "model.safetensors").exists():
         run(["dbsn", "-q", "train", "--clean", str(clean), "--noise", args.noise, "--fixed-noise",
-             "--model", args.model, "--minutes", str(args.minutes), "--lr", args.lr,
-             "--precision", args.precision, "--trace-weight", args.trace_weight, "--phase-split", args.phase_split,
-             "--ema", args.ema,
+             "--model", args.model, "--minutes", str(minutes), "--lr", args.lr,
+             "--precision", args.precision, "--trace-weight", args.trace_weight, "--phase-split", split,
+             "--ema", args.ema, *init,
              "--val-fraction", "0", "--val-every", "250", "-o", str(run_dir)])
     result_path = args.out / "evaluate.json"
     run(["dbsn", "-q", "evaluate", "--model", str(run_dir / "model.safetensors"), "--clean", str(clean),
