@@ -8,7 +8,7 @@ evaluation protocol); throughput is the median over ``--repeats`` passes.
         --model runs/bsd68_s25_student/run/model.safetensors --bm3d
     python benchmarks/speed.py --big 4096 --model runs/bsd68_s25/run/model.safetensors
 
-``--model`` takes a checkpoint or a registered name (random weights: speed only, the
+``--model`` takes a checkpoint, a bundled model name (``dbsn list``) or a registered name (random weights: speed only, the
 PSNR column then means nothing). Paths per model: ``fp32 eager`` (plain ``model(y)``
 under ``no_grad``, contiguous memory, masks applied per call), ``fp32 fast`` (the
 :class:`dbsn.Denoiser`: ``inference_mode``, channels-last, masks frozen once) and
@@ -37,10 +37,11 @@ def _peak_mb() -> float:
 
 def _model(spec: str):
     import dbsn
+    from dbsn.pretrained import bundled_models, resolve_model
     from dbsn.train.checkpoint import load_model
 
-    if Path(spec).is_file():
-        return load_model(spec)
+    if Path(spec).is_file() or spec in bundled_models():
+        return load_model(resolve_model(spec))
     return dbsn.create_model(spec).eval()
 
 
@@ -109,7 +110,7 @@ def worker(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=[], help="checkpoint or registered name (repeatable)")
+    p.add_argument("--model", action="append", default=[], help="checkpoint, bundled or registered name (repeatable)")
     p.add_argument("--set", default="bsd68")
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("--noise", default="awgn:25")
