@@ -44,7 +44,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import DATASETS, first_images, machine, run
+from common import DATASETS, MEASURED, TEST_SET, first_images, machine, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bundled"
@@ -66,8 +66,6 @@ RECIPES = {
     "color-hg": (3, "hg:40,10", 40, 60, "colour images, signal-dependent noise (alpha 40, delta 10)"),
     "color-mg": (3, "mg", 40, 60, "colour images, noise correlated across channels"),
 }
-TEST_SET = {1: "bsd68", 3: "cbsd68"}
-MEASURED = "### Measured"  # where a model card's results begin (paper_tables.py --cards)
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -158,32 +156,29 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     clean = first_images(datasets / TEST_SET[channels], check_images)
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text())
-    scratch = Path(tempfile.mkdtemp(prefix="dbsn-bundle-"))
     for stage, (run_dir, cmd), entry in (("stage1", stage1_steps[-1], f"{name}-stage1"), ("student", steps[-1], name)):
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
-        candidate = scratch / dst.name
-        _save_model(src, candidate, half=True)
-        fp32, fp16 = _psnr(src, clean, check_noise), _psnr(candidate, clean, check_noise)
-        storage = "fp16"
-        if abs(fp32 - fp16) > 0.01:
-            storage = "fp32"
-            _save_model(src, candidate, half=False)
         card_path = WEIGHTS / f"{entry}.md"
-        measured, unchanged = "", _same_weights(candidate, dst)
-        if unchanged:
-            candidate.unlink()
-            if card_path.is_file() and MEASURED in card_path.read_text():
-                measured = MEASURED + card_path.read_text().split(MEASURED, 1)[1]
-        else:
-            with atomic_path(dst) as tmp:
-                tmp.write_bytes(candidate.read_bytes())
-            candidate.unlink()
+        with tempfile.TemporaryDirectory(prefix="dbsn-bundle-") as scratch:
+            candidate = Path(scratch) / dst.name
+            _save_model(src, candidate, half=True)
+            fp32, fp16 = _psnr(src, clean, check_noise), _psnr(candidate, clean, check_noise)
+            storage = "fp16"
+            if abs(fp32 - fp16) > 0.01:
+                storage = "fp32"
+                _save_model(src, candidate, half=False)
+            unchanged = _same_weights(candidate, dst)
+            if not unchanged:
+                with atomic_path(dst) as tmp:
+                    tmp.write_bytes(candidate.read_bytes())
+        old_card = card_path.read_text() if unchanged and card_path.is_file() else ""
+        measured = "\n" + MEASURED + old_card.split(MEASURED, 1)[1] if MEASURED in old_card else ""
         summary = json.loads((run_dir / "run.json").read_text())
         card = _card(entry, stage, description, noise, stage1_steps if stage == "stage1" else steps, summary,
                      storage, fp32, fp16, check_noise, check_images, channels)
         with atomic_path(card_path) as tmp:
-            tmp.write_text(card + ("\n" + measured if measured else ""))
+            tmp.write_text(card + measured)
         index["models"][entry] = {
             "file": dst.name, "card": f"{entry}.md", "channels": channels, "stage": stage, "noise": noise,
             "description": description + (" (stage 1: D-BSN with noise estimator)" if stage == "stage1" else ""),
@@ -191,7 +186,6 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
         }
         print(f"{entry}: {storage} ({dst.stat().st_size / 1e6:.1f} MB){', unchanged' if unchanged else ''}, PSNR on "
               f"{check_images} {TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
-    scratch.rmdir()
     if noise.startswith("awgn"):
         index["default"][str(channels)] = name
     with atomic_path(index_path) as tmp:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+TEST_SET = {1: "bsd68", 3: "cbsd68"}  # the test set of gray and of colour models
+MEASURED = "### Measured"  # where a model card's results begin (paper_tables.py --cards)
 
 
 def run(cmd: list[str]) -> float:

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, bm3d_denoise, first_images, machine
+from common import DATASETS, MEASURED, TEST_SET, bm3d_denoise, first_images, machine
 
 
 # (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
@@ -35,8 +35,6 @@ PAPER = {
     (3, "awgn:50"): (27.38, 27.41, 28.25), (3, "hg:40,10"): (23.21, 30.53, 31.72),
     (3, "mg"): (24.07, 26.48, 26.81),
 }
-TEST_SET = {1: "bsd68", 3: "cbsd68"}
-MEASURED = "### Measured"  # where a model card's results begin
 
 
 def rows_for(model) -> list[str]:

@@ -8,8 +8,8 @@ evaluation protocol); throughput is the median over ``--repeats`` passes.
         --model runs/bsd68_s25_student/run/model.safetensors --bm3d
     python benchmarks/speed.py --big 4096 --model runs/bsd68_s25/run/model.safetensors
 
-``--model`` takes a checkpoint, a bundled model name (``dbsn list``) or a registered name (random weights: speed only, the
-PSNR column then means nothing). Paths per model: ``fp32 eager`` (plain ``model(y)``
+``--model`` takes a checkpoint, a bundled model name (``dbsn list``) or a registered
+name (random weights: speed only, the PSNR column then means nothing). Paths per model: ``fp32 eager`` (plain ``model(y)``
 under ``no_grad``, contiguous memory, masks applied per call), ``fp32 fast`` (the
 :class:`dbsn.Denoiser`: ``inference_mode``, channels-last, masks frozen once) and
 ``bf16 fast`` (the same under bf16 autocast; the fusion stays in fp32).

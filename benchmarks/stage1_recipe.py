@@ -81,11 +81,11 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"
-    minutes, split, init = args.minutes, args.phase_split, []
-    if args.heads_from:
-        minutes = args.minutes * float(split.split(",")[1])
-        split, init = "0,1,0", ["--init", str(fresh_heads(args.heads_from, args.out / "mu.safetensors"))]
     if not (run_dir / "model.safetensors").exists():
+        minutes, split, init = args.minutes, args.phase_split, []
+        if args.heads_from:
+            minutes = args.minutes * float(split.split(",")[1])
+            split, init = "0,1,0", ["--init", str(fresh_heads(args.heads_from, args.out / "mu.safetensors"))]
         run(["dbsn", "-q", "train", "--clean", str(clean), "--noise", args.noise, "--fixed-noise",
              "--model", args.model, "--minutes", str(minutes), "--lr", args.lr,
              "--precision", args.precision, "--trace-weight", args.trace_weight, "--phase-split", split,
