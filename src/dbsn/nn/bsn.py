@@ -100,4 +100,8 @@ class DBSN(nn.Module):
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.head(y)
         f = self.fuse(torch.cat([self.branch3(h), self.branch5(h)], dim=1))
-        return self.tail(f), f
+        # The tail always runs in fp32: under bf16 autocast its three 1x1 layers alone cost
+        # about 0.03 dB of mu (measured on BSD68), for well under 1 % of the multiply-adds.
+        with torch.autocast(f.device.type, enabled=False):
+            mu = self.tail(f.to(self.tail[0].weight.dtype))
+        return mu, f
