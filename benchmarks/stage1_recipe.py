@@ -69,7 +69,7 @@ def main() -> int:
     p.add_argument("--lr", default="1e-3")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--trace-weight", default="0.1")
-    p.add_argument("--phase-split", default="0.8,0.2,0")
+    p.add_argument("--phase-split", default="0.9,0.1,0")
     p.add_argument("--ema", default="0", help="weight averaging decay (0: off; 0.995 measured no better)")
     p.add_argument("--heads-from", type=Path, help="train only the heads, on the D-BSN of this stage-1 model")
     p.add_argument("--bm3d", type=int, default=0, help="also run BM3D on the first N images")

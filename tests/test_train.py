@@ -255,3 +255,24 @@ def test_training_with_workers_runs_and_resumes(tmp_path):
     assert summary["steps"] == 4
     summary = train(_options(**{**opts, "steps": 6}), str(tmp_path / "r"), resume=True, progress_bar=False)
     assert summary["steps"] == 6 and summary["options"]["workers"] == 2
+
+
+def test_heads_phase_on_cached_features_trains_only_the_heads(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    opts = dict(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=10, phase_split=(1.0, 1.0, 0.0))
+    train(_options(**{**opts, "steps": 5, "phase_split": (1.0, 0.0, 0.0)}), str(tmp_path / "mu"), progress_bar=False)
+    for name, gb in (("cached", 1.0), ("uncached", 0.0)):
+        train(_options(**opts, heads_cache_gb=gb), str(tmp_path / name), progress_bar=False)
+    mu, cached, uncached = (read_checkpoint(tmp_path / n / "checkpoint.pt")["model"] for n in ("mu", "cached", "uncached"))
+    bsn = [k for k in mu if k.startswith("bsn.")]
+    heads = [k for k in mu if not k.startswith("bsn.")]
+    assert bsn and heads
+    # the heads phase leaves the D-BSN as the mu phase left it, with or without the cache
+    assert all(torch.equal(mu[k], cached[k]) and torch.equal(mu[k], uncached[k]) for k in bsn)
+    assert not all(torch.equal(mu[k], cached[k]) for k in heads)
+    assert not all(torch.equal(cached[k], uncached[k]) for k in heads)
+
+
+def test_heads_cache_refuses_a_negative_budget():
+    with pytest.raises(ValueError, match="heads-cache-gb"):
+        _options(clean="x", noise="awgn:25", heads_cache_gb=-1).validate()

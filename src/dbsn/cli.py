@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
     o.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     o.add_argument("--cache-gb", type=float, help=CACHE_HELP)
+    o.add_argument("--heads-cache-gb", type=float, default=1.0,
+                   help="heads phase: compute the frozen D-BSN once on large crops, up to this many GB, and "
+                        "train the heads on them (0: a D-BSN pass per heads step)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
     o.add_argument("--val-every", type=int, default=200)

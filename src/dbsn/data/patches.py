@@ -230,6 +230,11 @@ class PatchSampler:
         areas = torch.tensor([float(h * w) for h, w in self._sizes])
         self._weights = areas / areas.sum()
 
+    @property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """``(H, W)`` of each image, before any padding to the patch size."""
+        return list(self._sets[0].sizes)
+
     def sample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch ``(y, x)``: noisy patches ``(N, C, P, P)`` and clean ones, or None without clean images.
 
