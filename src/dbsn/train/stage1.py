@@ -176,9 +176,7 @@ class HeadsCache:
     and at most twice the set's pixels, and every heads step draws patch-sized
     windows from them: a few 1x1 convolutions instead of a D-BSN pass. The crops are
     large so that most of their pixels are far from a crop border, as in a whole image
-    at test time. On the bundled-size D-BSN (BSD68, sigma 25) 2,000 such steps took
-    100 s and gave better heads than 2,000 uncached steps in 6 minutes (fused PSNR
-    26.83 against 26.52 to 26.69 over four runs, on the same ``mu``).
+    at test time. The README's Training section gives what it measured.
 
     The crops are drawn from their own generator (``seed``), so that a run resumed in
     the heads phase rebuilds the same cache.
@@ -219,7 +217,6 @@ class HeadsCache:
             for maps, part in zip((self.y, self.mu, self.f), out):
                 part.append(maps[i][..., top : top + p, left : left + p])
         return tuple(torch.cat(part) for part in out)
-
 
 
 class Stage1Objective(nn.Module):
