@@ -58,10 +58,15 @@ HEADS_MINUTES = 8
 STUDENT = ["--student", "mwcnn_small", "--widths", "48,96,192", "--depth", "3", "--batch-size", "16",
            "--weight-noisy", "0", "--precision", "bf16", "--val-every", "1000"]
 
+# colour students with a gray twin: one gray network per opponent channel, started from that twin
+# (its weights on each channel, the luminance guide at zero; see dbsn.nn.students.OpponentColour)
+OPPONENT_FROM = {"color": "gray"}
+OPPONENT_LR = "5e-4"
+
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
     "gray": (1, "awgn:5-50", 40, 55, "gray images, Gaussian noise of unknown level (std 5 to 50)"),
-    "color": (3, "awgn:5-50", 40, 60, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
+    "color": (3, "awgn:5-50", 40, 70, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
     "gray-hg": (1, "hg:40,10", 40, 60, "gray images, signal-dependent noise (alpha 40, delta 10)"),
     "color-hg": (3, "hg:40,10", 40, 60, "colour images, signal-dependent noise (alpha 40, delta 10)"),
     "color-mg": (3, "mg", 40, 60, "colour images, noise correlated across channels"),
@@ -83,11 +88,15 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
     teacher = steps[-1][0]
     noisy, student = RUNS / f"{name}-noisy", RUNS / name
     levels = "clean" if noise.startswith("hg") else "noisy"
+    student_args = list(STUDENT)
+    if name in OPPONENT_FROM:
+        student_args += ["--colour", "opponent", "--init", str(RUNS / OPPONENT_FROM[name] / "model.safetensors"),
+                         "--lr", OPPONENT_LR]
     steps += [
         (noisy, ["dbsn", "-q", "add-noise", *[str(datasets / s) for s in NOISY_SETS], "--channels", str(channels),
                  "--noise", noise, "--seed", "0"]),
         (student, ["dbsn", "-q", "distill", "--teacher", str(teacher / "model.safetensors"), "--noisy", str(noisy),
-                   "--clean", *sets, "--synthetic-levels", levels, "--minutes", str(minutes_student), *STUDENT]),
+                   "--clean", *sets, "--synthetic-levels", levels, "--minutes", str(minutes_student), *student_args]),
     ]
     return [(out, [*cmd, "-o", str(out)]) for out, cmd in steps]
 
@@ -215,6 +224,13 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
             "also gives a per-pixel noise map (`dbsn denoise --noise-map`)." if stage == "stage1" else
             f"Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `{entry}-stage1`; "
             "the fast default model.")
+    if stage == "student" and entry in OPPONENT_FROM:
+        twin = json.loads((RUNS / OPPONENT_FROM[entry] / "run.json").read_text())
+        role += (f" It is one gray network applied to each channel of an orthonormal opponent colour space "
+                 f"(luminance and two colour differences, as CBM3D does), reading the luminance beside each "
+                 f"channel (`--colour opponent`); it started from the gray student `{OPPONENT_FROM[entry]}` "
+                 f"(`--init`; {twin['steps']} steps, {twin['elapsed_s'] / 60:.0f} min, see its card), so its "
+                 f"training includes that student's.")
     return f"""# {entry}
 
 {description}. {role}

@@ -167,3 +167,28 @@ def test_zero_weight_on_the_noisy_pairs_makes_the_teacher_targets_irrelevant(tmp
 
     assert same(student("a.safetensors", 0.0), student("b.safetensors", 0.0))
     assert not same(student("a.safetensors", 0.1), student("b.safetensors", 0.1))
+
+
+def test_cli_distills_an_opponent_colour_student_from_a_gray_one(tmp_path):
+    from dbsn.cli import main
+
+    clean = _clean_folder(tmp_path / "clean", n=3, size=40, channels=3)
+    noisy = _noisy_folder(tmp_path / "noisy", clean)
+    torch.manual_seed(0)
+    save_weights(tmp_path / "teacher.safetensors", dbsn.create_model("dbsn_tiny", in_channels=3, noise_model="awgn"))
+    gray = dbsn.create_model("unet_small", in_channels=1, widths=[8, 16, 32]).eval()
+    save_weights(tmp_path / "gray.safetensors", gray)
+    out = tmp_path / "colour"
+    code = main(["-q", "distill", "--teacher", str(tmp_path / "teacher.safetensors"), "--noisy", str(noisy),
+                 "--clean", str(clean), "--student", "unet_small", "--widths", "8,16,32", "--colour", "opponent",
+                 "--init", str(tmp_path / "gray.safetensors"), "--lr", "0", "--steps", "1", "--batch-size", "4",
+                 "--patch-size", "32", "-o", str(out)])
+    assert code == 0
+    student = load_model(out / "model.safetensors")
+    assert student.config["colour"] == "opponent" and student.config["in_channels"] == 3
+    # lr 0: the weights are those of the gray student grown onto the opponent channels
+    from dbsn.train.checkpoint import init_weights
+
+    want = dbsn.create_model("unet_small", in_channels=3, widths=[8, 16, 32], colour="opponent")
+    init_weights(want, str(tmp_path / "gray.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(want.state_dict().values(), student.state_dict().values()))

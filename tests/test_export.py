@@ -11,12 +11,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-@pytest.mark.parametrize("name,channels", [("mwcnn_small", 1), ("unet_small", 3)])
-def test_student_exports_and_matches(tmp_path, name, channels):
+@pytest.mark.parametrize("name,channels,colour", [("mwcnn_small", 1, "joint"), ("unet_small", 3, "joint"),
+                                                  ("mwcnn_small", 3, "opponent")])
+def test_student_exports_and_matches(tmp_path, name, channels, colour):
     from dbsn.export import export_onnx
 
     torch.manual_seed(0)
-    model = dbsn.create_model(name, in_channels=channels)
+    model = dbsn.create_model(name, in_channels=channels, colour=colour)
     result = export_onnx(model, tmp_path / "s.onnx")
     assert (tmp_path / "s.onnx").is_file() and result["max_abs_diff"] < 1e-4
 

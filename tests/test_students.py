@@ -63,3 +63,75 @@ def test_padding_reflects_so_the_noise_stays_noise(h, w):
         assert torch.equal(padded, torch.nn.functional.pad(y, (0, (-w) % 8, 0, (-h) % 8), mode="reflect"))
     else:  # too short to reflect: the edge is repeated, never an index outside the image
         assert torch.isin(padded, y).all()
+
+
+class _Same(torch.nn.Module):
+    """A 'denoiser' that returns its input: what the colour wrapper adds must then be nothing."""
+
+    def forward(self, y):
+        return {"x_hat": y}
+
+    def tile_spec(self):
+        from dbsn.tiling import TileSpec
+
+        return TileSpec(radius=0)
+
+
+def test_opponent_colour_round_trip_and_noise_statistics():
+    from dbsn.nn.students import OpponentColour
+
+    wrapper = OpponentColour(_Same())
+    x = torch.rand(2, 3, 9, 11, dtype=torch.float64)
+    assert torch.allclose(wrapper(x)["x_hat"], x.float().double(), atol=1e-6)
+    # i.i.d. noise of std s on R, G, B: i.i.d. of std s / sqrt 3 on the scaled opponent channels
+    s = 0.1
+    z = s * torch.randn(3, 200_000, generator=torch.Generator().manual_seed(0))
+    o = wrapper.opponent @ z / 3**0.5
+    assert torch.allclose(torch.cov(o), torch.eye(3) * s**2 / 3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_opponent_student_shapes_gradients_and_round_trip(name, tmp_path):
+    torch.manual_seed(0)
+    model = dbsn.create_model(name, in_channels=3, colour="opponent", **SMALL.get(name, {}))
+    y = torch.rand(2, 3, 17, 23)
+    assert model(y)["x_hat"].shape == y.shape
+    model(torch.rand(1, 3, 19, 21))["x_hat"].square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    save_weights(tmp_path / "s.safetensors", model.eval())
+    again = load_model(tmp_path / "s.safetensors")
+    assert again.config["colour"] == "opponent"
+    with torch.no_grad():
+        assert torch.equal(model(y)["x_hat"], again(y)["x_hat"])
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_opponent_student_from_gray_equals_the_gray_student_per_channel(name, tmp_path):
+    from dbsn.nn.students import OpponentColour
+    from dbsn.train.checkpoint import init_weights
+
+    torch.manual_seed(0)
+    gray = dbsn.create_model(name, in_channels=1, **SMALL.get(name, {})).eval()
+    save_weights(tmp_path / "gray.safetensors", gray)
+    colour = dbsn.create_model(name, in_channels=3, colour="opponent", **SMALL.get(name, {})).eval()
+    init_weights(colour, str(tmp_path / "gray.safetensors"))
+    y = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        wrapper = OpponentColour(_Same())
+        o = torch.einsum("ij,bjhw->bihw", wrapper.opponent, y) / 3**0.5 + wrapper.offset
+        d = torch.cat([gray(o[:, i:i + 1])["x_hat"] for i in range(3)], dim=1)
+        want = torch.einsum("ji,bjhw->bihw", wrapper.opponent, (d - wrapper.offset) * 3**0.5)
+        assert torch.allclose(colour(y)["x_hat"], want, atol=1e-5)
+    # a gray student of another size does not fit
+    other = dbsn.create_model(name, in_channels=1, widths=(4, 8, 12), depth=1)
+    save_weights(tmp_path / "other.safetensors", other)
+    with pytest.raises(ValueError, match="fit|different"):
+        init_weights(colour, str(tmp_path / "other.safetensors"))
+
+
+def test_opponent_colour_is_for_three_channels():
+    with pytest.raises(ValueError, match="3-channel"):
+        dbsn.create_model("unet_small", in_channels=1, colour="opponent")
+    with pytest.raises(ValueError, match="colour must be"):
+        dbsn.create_model("unet_small", in_channels=3, colour="lab")

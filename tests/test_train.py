@@ -20,13 +20,14 @@ def _options(**kw):
     return TrainOptions(**base)
 
 
-def _clean_folder(path, n=4, size=48):
+def _clean_folder(path, n=4, size=48, channels=1):
     from PIL import Image
 
     path.mkdir()
     rng = np.random.default_rng(0)
     for i in range(n):
-        Image.fromarray(np.round(smooth_image(rng, size)[0] * 255).astype(np.uint8)).save(path / f"c{i}.png")
+        image = smooth_image(rng, size, channels).transpose(1, 2, 0).squeeze(-1 if channels == 1 else ())
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path / f"c{i}.png")
     return path
 
 

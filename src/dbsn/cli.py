@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--student", default="unet_small", help="student model name (see `dbsn models`)")
     k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
     k.add_argument("--depth", type=int, help="student conv layers per level")
+    k.add_argument("--colour", choices=("joint", "opponent"),
+                   help="colour students: one network on RGB (joint, the default) or one gray network per "
+                        "opponent channel, guided by the luminance (opponent; --init may name a gray student)")
     k.add_argument("--init", help="start the student from these weights (a student's checkpoint, weights file or "
                                   "bundled name): fine-tuning")
     _budget(k)
@@ -231,6 +234,8 @@ def cmd_distill(args) -> int:
             student_kwargs["widths"] = [int(w) for w in _numbers(args.widths, "--widths")]
         if args.depth is not None:
             student_kwargs["depth"] = args.depth
+        if args.colour:
+            student_kwargs["colour"] = args.colour
         options = DistillOptions(
             teacher=args.teacher or "", noisy=args.noisy or "", clean=list(args.clean or []),
             student=args.student, student_kwargs=student_kwargs, init=args.init, steps=args.steps,

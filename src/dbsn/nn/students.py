@@ -3,9 +3,20 @@
 Both predict the noise residual, ``x_hat = y - net(y)``, work for any channel count
 and any image size (they pad internally to a multiple of their downsampling factor
 and crop back), and return ``{"x_hat": ...}`` like the stage-1 model does.
+
+A colour student comes in two forms (``colour``):
+
+- ``"joint"``: one network reads and writes the three RGB channels together;
+- ``"opponent"``: the image goes to an orthonormal opponent colour space (luminance
+  and two colour differences, the transform CBM3D uses), and one gray network
+  denoises each of the three channels, reading the luminance as a second input
+  (:class:`OpponentColour`). It can start from a trained gray student
+  (:meth:`OpponentColour.load_gray_state`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -132,19 +143,101 @@ class UNetSmall(nn.Module):
         return {"x_hat": y - self.out(f)[..., :h, :w]}
 
 
-@register_model("mwcnn", kind="student", widths=(160, 256, 256), depth=4)
-def mwcnn(**kwargs) -> MWCNN:
+def _opponent_matrix() -> torch.Tensor:
+    """Rows: luminance ``(R+G+B)/sqrt 3`` and the differences ``(R-B)/sqrt 2``, ``(R-2G+B)/sqrt 6``."""
+    r2, r3, r6 = math.sqrt(2), math.sqrt(3), math.sqrt(6)
+    return torch.tensor([[1 / r3, 1 / r3, 1 / r3], [1 / r2, 0.0, -1 / r2], [1 / r6, -2 / r6, 1 / r6]])
+
+
+class OpponentColour(nn.Module):
+    """A colour denoiser made of one gray network applied in an opponent colour space.
+
+    The transform is orthonormal, so i.i.d. noise of std ``s`` on R, G and B stays i.i.d.
+    with std ``s`` on the three opponent channels. Each channel is divided by ``sqrt 3``
+    (the luminance becomes the mean of R, G and B, in [0, 1]; the differences get an offset
+    of 0.5 to sit inside it): the noise std becomes ``s / sqrt 3``. The network, built for
+    two input channels, denoises each channel with the luminance beside it as a guide (for
+    the luminance itself, the guide is a copy); the three run as one batch.
+
+    Args:
+        net: a student built with ``in_channels=2``; only its first output channel is used.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.in_channels = 3
+        self.register_buffer("opponent", _opponent_matrix(), persistent=False)
+        self.register_buffer("offset", torch.tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+
+    def tile_spec(self) -> TileSpec:
+        inner = self.net.tile_spec()
+        return TileSpec(radius=inner.radius, align=inner.align, bytes_per_pixel=3 * inner.bytes_per_pixel)
+
+    def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
+        if y.shape[1] != 3:
+            raise ValueError(f"an opponent-colour student takes 3 channels, got {y.shape[1]}")
+        o = F.conv2d(y, self.opponent.to(y.dtype)[:, :, None, None] / math.sqrt(3)) + self.offset.to(y.dtype)
+        # (B, 3, 2, H, W) -> (3B, 2, H, W); shapes by flatten/unflatten keep an ONNX export's sizes free
+        pairs = torch.stack([o, o[:, :1].expand_as(o)], dim=2).flatten(0, 1)
+        d = self.net(pairs)["x_hat"][:, 0].unflatten(0, (-1, 3))
+        d = d - self.offset.to(d.dtype)
+        return {"x_hat": F.conv2d(d, self.opponent.to(d.dtype).T[:, :, None, None] * math.sqrt(3))}
+
+    def load_gray_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a gray student of the same architecture: the result equals it on each channel.
+
+        Every tensor whose channel count here is twice the gray one (the first layer's inputs,
+        the last layer's outputs) interleaves as ``[gray, guide]`` per channel block, the order
+        of :func:`haar_dwt`'s bands; the gray weights go to the first of each pair and zeros to
+        the guide's, so the guide starts unused and training decides what it is worth.
+        """
+        own = self.net.state_dict()
+        if own.keys() != state.keys():
+            raise ValueError("the gray weights are of a different architecture")
+        grown = {}
+        for key, target in own.items():
+            src = state[key]
+            if src.shape == target.shape:
+                grown[key] = src
+                continue
+            dims = [i for i, (a, b) in enumerate(zip(src.shape, target.shape)) if a != b]
+            if src.dim() != target.dim() or len(dims) != 1 or target.shape[dims[0]] != 2 * src.shape[dims[0]]:
+                raise ValueError(f"{key}: gray weights {tuple(src.shape)} do not fit {tuple(target.shape)}")
+            out = torch.zeros_like(target)
+            index = [slice(None)] * target.dim()
+            index[dims[0]] = slice(0, None, 2)
+            out[tuple(index)] = src.to(target.dtype)
+            grown[key] = out
+        self.net.load_state_dict(grown)
+
+
+COLOURS = ("joint", "opponent")
+
+
+def _build(cls, in_channels: int = 1, colour: str = "joint", **kwargs) -> nn.Module:
+    if colour not in COLOURS:
+        raise ValueError(f"colour must be one of {COLOURS}, got {colour!r}")
+    if colour == "joint":
+        return cls(in_channels=in_channels, **kwargs)
+    if in_channels != 3:
+        raise ValueError(f"an opponent-colour student is for 3-channel images, not {in_channels}")
+    return OpponentColour(cls(in_channels=2, **kwargs))
+
+
+@register_model("mwcnn", kind="student", widths=(160, 256, 256), depth=4, colour="joint")
+def mwcnn(**kwargs) -> nn.Module:
     """The paper's student: MWCNN with three Haar levels."""
-    return MWCNN(**kwargs)
+    return _build(MWCNN, **kwargs)
 
 
-@register_model("mwcnn_small", kind="student", widths=(32, 64, 128), depth=2)
-def mwcnn_small(**kwargs) -> MWCNN:
+@register_model("mwcnn_small", kind="student", widths=(32, 64, 128), depth=2, colour="joint")
+def mwcnn_small(**kwargs) -> nn.Module:
     """A CPU-sized MWCNN."""
-    return MWCNN(**kwargs)
+    return _build(MWCNN, **kwargs)
 
 
-@register_model("unet_small", kind="student", widths=(32, 64, 128), depth=2)
-def unet_small(**kwargs) -> UNetSmall:
+@register_model("unet_small", kind="student", widths=(32, 64, 128), depth=2, colour="joint")
+def unet_small(**kwargs) -> nn.Module:
     """The light CPU student."""
-    return UNetSmall(**kwargs)
+    return _build(UNetSmall, **kwargs)

@@ -89,6 +89,18 @@ def init_weights(model: nn.Module, source: str) -> None:
     from ..pretrained import resolve_model
 
     payload = read_checkpoint(resolve_model(source))
+    source_config = payload["config"]
+    if hasattr(model, "load_gray_state") and source_config.get("in_channels", 1) == 1:
+        # a gray student grown into an opponent-colour one of the same architecture
+        if source_config.get("name") != model.config["name"]:
+            raise ValueError(f"--init {source}: a {source_config.get('name')!r} cannot start a "
+                             f"{model.config['name']!r}")
+        try:
+            model.load_gray_state(payload["model"])
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"--init {source}: {err}") from None
+        log.info("initialised from the gray student %s, on each opponent channel", source)
+        return
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:
