@@ -8,6 +8,9 @@ For each bundled model (``dbsn list``) the rows its noise applies to: gray AWGN 
 on BSD68 at sigma 15 / 25 / 50, gray HG models on BSD68 ``hg:40,10``, colour models on
 CBSD68 likewise and MG on CBSD68 ``mg``. The protocol is METHOD.md section 5 (seed 0
 per image, noisy input neither clipped nor quantised, output clamped, float PSNR).
+Students are also scored with ``--ensemble 8`` (``model x8``: the mean over the eight
+mirrored and rotated copies of each noisy image, eight times the time); stage-1 models,
+ten times slower, only as they are.
 
 BM3D (``pip install bm3d``) runs on the same noisy images: ``bm3d.bm3d`` for gray,
 ``bm3d.bm3d_rgb`` for colour, told the true noise std for AWGN; for HG and MG, which
@@ -78,6 +81,8 @@ def main() -> int:
     p.add_argument("--noise", nargs="+", help="only these rows, e.g. awgn:25 (default: every row a model applies to)")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     p.add_argument("--cards", action="store_true", help="also write each model's rows into its model card")
+    p.add_argument("--ensemble", nargs="+", type=int, default=[1, 8],
+                   help="score students with each of these self-ensembles (1: as they are; default: 1 8)")
     args = p.parse_args()
 
     import dbsn
@@ -99,21 +104,24 @@ def main() -> int:
             if not clean.is_dir():
                 print(f"skipping {set_name}: {clean} not found", file=sys.stderr)
                 continue
-            result = evaluate(dbsn.load(model.name, device="cpu"), first_images(clean, args.images), noise)
             key = (model.channels, noise)
             if not args.no_bm3d and key not in bm3d_cache:
                 bm3d_cache[key] = bm3d_scores(clean, noise, model.channels, args.images)
             b = bm3d_cache.get(key)
             paper = PAPER.get(key, (None, None, None))
             cell = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
-            lines.append(
-                f"| {set_name} | {noise} | {model.name} | {model.stage} | {cell(result['psnr'])} | "
-                f"{cell(result['ssim'], '.4f')} | {cell(result['seconds_per_image_median'])} | "
-                f"{cell(b[0] if b else None)} | {cell(b[1] if b else None)} | {cell(paper[0])} | "
-                f"{cell(paper[1])} | {cell(paper[2])} |"
-            )
-            print(lines[-1], flush=True)
-            rows_of.setdefault(model.name, []).append(lines[-1])
+            for ensemble in args.ensemble if model.stage == "student" else [1]:
+                denoiser = dbsn.load(model.name, device="cpu", ensemble=ensemble)
+                result = evaluate(denoiser, first_images(clean, args.images), noise)
+                name = model.name + (f" x{ensemble}" if ensemble > 1 else "")
+                lines.append(
+                    f"| {set_name} | {noise} | {name} | {model.stage} | {cell(result['psnr'])} | "
+                    f"{cell(result['ssim'], '.4f')} | {cell(result['seconds_per_image_median'])} | "
+                    f"{cell(b[0] if b else None)} | {cell(b[1] if b else None)} | {cell(paper[0])} | "
+                    f"{cell(paper[1])} | {cell(paper[2])} |"
+                )
+                print(lines[-1], flush=True)
+                rows_of.setdefault(model.name, []).append(lines[-1])
     stamp = (f"{datetime.date.today().isoformat()} on {machine()}, dbsn {dbsn.__version__}"
              + (f", first {args.images} images only" if args.images else ""))
     command = " ".join(["python", "benchmarks/paper_tables.py", *sys.argv[1:]])

@@ -10,12 +10,20 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# inference: how many mirrored and rotated copies of the input to average (dbsn.inference)
+ENSEMBLES = (1, 2, 4, 8)
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
+
+
+def check_ensemble(n: int) -> int:
+    if n not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES} (mirrored and rotated copies averaged), got {n}")
+    return n
 
 
 def autocast(precision: str, device: torch.device):
