@@ -105,13 +105,16 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
     if name in MORE:
         minutes, lr = MORE[name]
         more = _replace(steps[-1][1], "--minutes", str(minutes))
-        more = _replace(more, "--init", str(student / "model.safetensors")) + ["--seed", "1"]
-        steps.append((RUNS / f"{name}-more", _replace(more, "--lr", lr)))
+        more = _replace(_replace(more, "--init", str(student / "model.safetensors")), "--lr", lr)
+        steps.append((RUNS / f"{name}-more", _replace(more, "--seed", "1")))
     return [(out, [*cmd, "-o", str(out)]) for out, cmd in steps]
 
 
 def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag`` set to ``value``: its value replaced, or the flag appended."""
     out = list(args)
+    if flag not in out:
+        return out + [flag, value]
     out[out.index(flag) + 1] = value
     return out
 

@@ -110,9 +110,9 @@ def main() -> int:
             b = bm3d_cache.get(key)
             paper = PAPER.get(key, (None, None, None))
             cell = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
+            images = first_images(clean, args.images)
             for ensemble in args.ensemble if model.stage == "student" else [1]:
-                denoiser = dbsn.load(model.name, device="cpu", ensemble=ensemble)
-                result = evaluate(denoiser, first_images(clean, args.images), noise)
+                result = evaluate(dbsn.load(model.name, device="cpu", ensemble=ensemble), images, noise)
                 name = model.name + (f" x{ensemble}" if ensemble > 1 else "")
                 lines.append(
                     f"| {set_name} | {noise} | {name} | {model.stage} | {cell(result['psnr'])} | "

@@ -75,11 +75,10 @@ class Denoiser:
             y = y.to(self.device, torch.float32)
             out = {}
             for turns, flip in ENSEMBLE_TRANSFORMS[:self.ensemble]:
-                one = self._one_pass(_transform(y, turns, flip))
-                for k, v in one.items():
-                    v = _untransform(v, turns, flip).float().cpu() if v.dim() >= 4 else v.float().cpu()
+                for k, v in self._one_pass(_transform(y, turns, flip)).items():
+                    v = _untransform(v, turns, flip) if v.dim() >= 4 else v
                     out[k] = out[k] + v if k in out else v
-        return {k: v / self.ensemble for k, v in out.items()}
+        return {k: (v / self.ensemble).cpu() for k, v in out.items()}
 
     def _one_pass(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's outputs on ``y`` (``x_hat`` clamped), tile by tile when it exceeds the memory budget."""
@@ -91,6 +90,7 @@ class Denoiser:
             out = self.model.assemble(y, parts, gamma=self.gamma)  # averages and fusion in fp32
         else:
             out = tiled_apply(self._student, y, spec, self.max_memory)
+        out = {k: v.float() for k, v in out.items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         return out
 
