@@ -9,7 +9,7 @@ from PIL import Image
 
 import dbsn
 from dbsn.cli import main
-from dbsn.pretrained import bundled_models, default_model, resolve_model
+from dbsn.pretrained import bundled_models, default_model, default_names, resolve_model
 from dbsn.train.checkpoint import save_weights
 
 
@@ -94,3 +94,27 @@ def test_before_after_figure(tmp_path):
     assert (image[..., 0] == 255).any() and (image == 128).any()  # the red panel and the gray one
     with pytest.raises(ValueError):
         before_after([[gray]], ["noisy", "denoised"], tmp_path / "g.png")
+
+
+def test_shipped_models_are_complete(monkeypatch):
+    # the package's own weights folder: every listed model loads, matches its index entry and has a
+    # card with the command that trained it; students name a listed teacher; within 50 MB in all
+    from dbsn.train.checkpoint import read_checkpoint
+
+    monkeypatch.delenv("DBSN_WEIGHTS", raising=False)
+    models = bundled_models()
+    if not models:
+        pytest.skip("no bundled weights in this installation")
+    for name, entry in models.items():
+        assert entry.available, name
+        config = read_checkpoint(entry.file)["config"]
+        assert config.get("in_channels", 1) == entry.channels, name
+        if entry.stage == "stage1":
+            assert config["noise_model"] == entry.noise.split(":")[0].removesuffix("-indep"), name
+        else:
+            assert models[entry.teacher].stage == "stage1" and models[entry.teacher].noise == entry.noise, name
+        card = entry.card.read_text()
+        assert "## How it was trained" in card and "dbsn -q " in card, name
+    for channels, name in default_names().items():
+        assert models[name].stage == "student" and models[name].channels == int(channels)
+    assert sum(entry.file.stat().st_size for entry in models.values()) <= 50e6

@@ -230,6 +230,25 @@ def test_init_starts_from_trained_weights(tmp_path):
               str(tmp_path / "c"), progress_bar=False)
 
 
+def test_init_across_noise_models_keeps_the_dbsn(tmp_path):
+    # an MG model (full-covariance heads) from an AWGN one (diagonal heads): the D-BSN carries over
+    # exactly, the heads start fresh; HG shares AWGN's heads and takes every tensor
+    from dbsn.nn import create_model
+    from dbsn.train.checkpoint import init_weights, save_weights
+
+    awgn = create_model("dbsn_tiny", in_channels=3, noise_model="awgn")
+    save_weights(tmp_path / "awgn.safetensors", awgn)
+    mg = create_model("dbsn_tiny", in_channels=3, noise_model="mg")
+    init_weights(mg, str(tmp_path / "awgn.safetensors"))
+    assert all(torch.equal(v, mg.state_dict()[k]) for k, v in awgn.state_dict().items() if k.startswith("bsn."))
+    hg = create_model("dbsn_tiny", in_channels=3, noise_model="hg")
+    init_weights(hg, str(tmp_path / "awgn.safetensors"))
+    assert all(torch.equal(v, hg.state_dict()[k]) for k, v in awgn.state_dict().items())
+    gray_mg = create_model("dbsn_tiny", in_channels=1, noise_model="mg")
+    with pytest.raises(ValueError, match="D-BSN does not fit"):
+        init_weights(gray_mg, str(tmp_path / "awgn.safetensors"))
+
+
 def test_worker_processes_give_a_reproducible_stream(tmp_path):
     from dbsn.data import BatchStream
 

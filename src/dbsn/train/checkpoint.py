@@ -101,10 +101,31 @@ def init_weights(model: nn.Module, source: str) -> None:
             raise ValueError(f"--init {source}: {err}") from None
         log.info("initialised from the gray student %s, on each opponent channel", source)
         return
+    state = payload["model"]
+    source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
+    if source_noise and noise and source_noise != noise and not _fits(model, state):
+        # a stage-1 model for another noise whose heads have other shapes (MG's full covariance against
+        # a diagonal one): its D-BSN is the part worth keeping, and the heads start from scratch
+        bsn = {k.removeprefix("bsn."): v for k, v in state.items() if k.startswith("bsn.")}
+        try:
+            model.bsn.load_state_dict(bsn)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[:2]
+            raise ValueError(f"--init {source}: its D-BSN does not fit {model.config['name']} with these options "
+                             f"({' '.join(first)})") from None
+        log.info("initialised the D-BSN from %s (noise model %s); the %s heads start from scratch",
+                 source, source_noise, noise)
+        return
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[:2]
         raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
                          f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
     log.info("initialised from %s", source)
+
+
+def _fits(model: nn.Module, state: dict) -> bool:
+    """Whether ``state`` has exactly the model's tensor names and shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
