@@ -249,15 +249,17 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
     data = (f"the clean training sets {', '.join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), as {kind}, "
             f"with synthetic noise `{noise}` drawn afresh for every patch")
     if stage == "student":
-        data = (f"stage 1 on {data}; the student on the four clean sets with synthetic noise at the levels the "
-                f"teacher measured on noisy copies of {' and '.join(NOISY_SETS)} (`dbsn add-noise`, seed 0); the "
+        levels = (f"the levels the teacher measured on noisy copies of {' and '.join(NOISY_SETS)} (`dbsn add-noise`, "
+                  "seed 0)" if not noise.startswith("hg") else
+                  "the per-pixel levels the teacher's CNN_est reads off each clean image (the paper's rule)")
+        data = (f"stage 1 on {data}; the student on the four clean sets with synthetic noise at {levels}; the "
                 f"teacher's `x_hat` targets weigh 0 (`--weight-noisy 0`, see `benchmarks/bundled_models.py`)")
     last = summary.get("last_validation", {})
     where = "held-out images" if stage == "stage1" else "patches of the training images"
     role = ("Stage 1 of DBSN: the dilated blind-spot network with its uncertainty and noise-estimator heads; it "
             "also gives a per-pixel noise map (`dbsn denoise --noise-map`)." if stage == "stage1" else
             f"Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `{entry}-stage1`; "
-            "the fast default model.")
+            + ("the fast default model." if noise.startswith("awgn") else "the fast model for this noise."))
     if stage == "student" and entry in OPPONENT_FROM:
         twin = json.loads((RUNS / OPPONENT_FROM[entry] / "run.json").read_text())
         role += (f" It is one gray network applied to each channel of an orthonormal opponent colour space "
