@@ -271,9 +271,10 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
     if tuned_from:
         tuned = json.loads((RUNS / tuned_from / "run.json").read_text())
         part = "Its D-BSN started from" if stage == "stage1" and noise == "mg" else "It was fine-tuned from"
-        role += (f" {part} the AWGN model's run `{tuned_from}` (`--init`, lr {FINE_TUNE_LR}; "
-                 f"{tuned['steps']} steps, {tuned['elapsed_s'] / 60:.0f} min, see that model's card), so its "
-                 f"training includes that run's.")
+        awgn = ("gray" if channels == 1 else "color") + ("-stage1" if stage == "stage1" else "")
+        role += (f" {part} the AWGN model `{awgn}` (`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that "
+                 f"run: {tuned['steps']} steps, {tuned['elapsed_s'] / 60:.0f} min, see `{awgn}`'s card), so its "
+                 f"training includes that model's.")
         if part.startswith("Its D-BSN"):
             role += " Its heads, for a full covariance, started from scratch."
     if stage == "student" and entry in MORE:
