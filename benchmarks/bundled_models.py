@@ -67,7 +67,6 @@ STUDENT = ["--student", "mwcnn_small", "--widths", "48,96,192", "--depth", "3", 
 # colour students with a gray twin: one gray network per opponent channel, started from that twin
 # (its weights on each channel, the luminance guide at zero; see dbsn.nn.students.OpponentColour)
 OPPONENT_FROM = {"color": "gray"}
-OPPONENT_LR = "5e-4"
 # students trained on from their own weights with a fresh, lower cosine schedule: name -> minutes, lr
 # (the colour student's validation PSNR was still rising, 0.04 dB over its last 3,400 steps); a new
 # seed gives it other patches and noise
@@ -88,7 +87,7 @@ RECIPES = {
 # where they do not (MG's full covariance).
 FINE_TUNE = {"gray-hg": (None, "gray"), "color-hg": ("color-stage1", "color-more"),
              "color-mg": ("color-stage1", "color-more")}
-FINE_TUNE_LR = "5e-4"
+FINE_TUNE_LR = "5e-4"  # also for a colour student grown from a gray one (OPPONENT_FROM)
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -111,12 +110,10 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
     noisy, student = RUNS / f"{name}-noisy", RUNS / name
     levels = "clean" if noise.startswith("hg") else "noisy"
     student_args = list(STUDENT)
-    if name in OPPONENT_FROM:
-        student_args += ["--colour", "opponent", "--init", str(RUNS / OPPONENT_FROM[name] / "model.safetensors"),
-                         "--lr", OPPONENT_LR]
+    student_from = OPPONENT_FROM.get(name, student_from)
     if student_from:
         if channels == 3:
-            student_args += ["--colour", "opponent"]  # the colour AWGN student it starts from is one
+            student_args += ["--colour", "opponent"]  # grown from a gray student, or fine-tuning a colour one
         student_args += ["--init", str(RUNS / student_from / "model.safetensors"), "--lr", FINE_TUNE_LR]
     steps += [
         (noisy, ["dbsn", "-q", "add-noise", *[str(datasets / s) for s in NOISY_SETS], "--channels", str(channels),
