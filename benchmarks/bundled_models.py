@@ -17,7 +17,8 @@ The HG and MG models start from the AWGN ones of their channels (``FINE_TUNE``, 
 at lr 5e-4) with shorter budgets: the gray AWGN student, blind to the level, gave 25.03 dB on
 the first 8 BSD68 images with ``hg:40,10`` noise, so a noise of its own is worth training, but
 not from random weights. The MG stage 1 keeps the AWGN D-BSN only; its full-covariance heads
-start from scratch.
+start from scratch. The MG recipe starts from the bundled models by name (``FROM_BUNDLED``), so
+it needs no earlier run on the machine that trains it.
 
 The student learns from clean patches of all four sets with synthetic noise. For AWGN
 and MG its level is one the teacher measured on noisy versions of train400 and
@@ -86,8 +87,16 @@ RECIPES = {
 # run gives all its weights where the heads have the same shapes (HG and AWGN) and only its D-BSN
 # where they do not (MG's full covariance).
 FINE_TUNE = {"gray-hg": (None, "gray"), "color-hg": ("color-stage1", "color-more"),
-             "color-mg": ("color-stage1", "color-more")}
+             "color-mg": ("color-stage1", "color")}
+# recipes whose FINE_TUNE sources are the bundled models by name (`--init color`), not run folders:
+# they need no earlier run on this machine, so they reproduce from a fresh checkout
+FROM_BUNDLED = {"color-mg"}
 FINE_TUNE_LR = "5e-4"  # also for a colour student grown from a gray one (OPPONENT_FROM)
+
+
+def _init_source(name: str, source: str) -> str:
+    """What ``--init`` gets for a FINE_TUNE source of recipe ``name``: a bundled name or a run's weights."""
+    return source if name in FROM_BUNDLED else str(RUNS / source / "model.safetensors")
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -98,7 +107,7 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
     stage1_from, student_from = FINE_TUNE.get(name, (None, None))
     stage1 = STAGE1
     if stage1_from:
-        stage1 = _replace(STAGE1, "--lr", FINE_TUNE_LR) + ["--init", str(RUNS / stage1_from / "model.safetensors")]
+        stage1 = _replace(STAGE1, "--lr", FINE_TUNE_LR) + ["--init", _init_source(name, stage1_from)]
     steps = [(RUNS / f"{name}-stage1", ["dbsn", "-q", "train", *data, "--minutes", str(minutes_s1), *stage1])]
     if not noise.startswith("hg"):
         # the heads again, now with CNN_est reading y - mu: on y alone it cannot tell a range of levels apart
@@ -110,11 +119,14 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
     noisy, student = RUNS / f"{name}-noisy", RUNS / name
     levels = "clean" if noise.startswith("hg") else "noisy"
     student_args = list(STUDENT)
-    student_from = OPPONENT_FROM.get(name, student_from)
+    if name in OPPONENT_FROM:
+        student_from = str(RUNS / OPPONENT_FROM[name] / "model.safetensors")
+    elif student_from:
+        student_from = _init_source(name, student_from)
     if student_from:
         if channels == 3:
             student_args += ["--colour", "opponent"]  # grown from a gray student, or fine-tuning a colour one
-        student_args += ["--init", str(RUNS / student_from / "model.safetensors"), "--lr", FINE_TUNE_LR]
+        student_args += ["--init", student_from, "--lr", FINE_TUNE_LR]
     steps += [
         (noisy, ["dbsn", "-q", "add-noise", *[str(datasets / s) for s in NOISY_SETS], "--channels", str(channels),
                  "--noise", noise, "--seed", "0"]),
@@ -266,12 +278,15 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
                  f"training includes that student's.")
     tuned_from = FINE_TUNE.get(entry.removesuffix("-stage1"), (None, None))[stage == "student"]
     if tuned_from:
-        tuned = json.loads((RUNS / tuned_from / "run.json").read_text())
         part = "Its D-BSN started from" if stage == "stage1" and noise == "mg" else "It was fine-tuned from"
         awgn = ("gray" if channels == 1 else "color") + ("-stage1" if stage == "stage1" else "")
-        role += (f" {part} the AWGN model `{awgn}` (`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that "
-                 f"run: {tuned['steps']} steps, {tuned['elapsed_s'] / 60:.0f} min, see `{awgn}`'s card), so its "
-                 f"training includes that model's.")
+        if entry.removesuffix("-stage1") in FROM_BUNDLED:
+            source = f"`--init {tuned_from}`, the bundled weights, lr {FINE_TUNE_LR}; see its card"
+        else:
+            tuned = json.loads((RUNS / tuned_from / "run.json").read_text())
+            source = (f"`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that run: {tuned['steps']} steps, "
+                      f"{tuned['elapsed_s'] / 60:.0f} min, see `{awgn}`'s card")
+        role += f" {part} the AWGN model `{awgn}` ({source}), so its training includes that model's."
         if part.startswith("Its D-BSN"):
             role += " Its heads, for a full covariance, started from scratch."
     if stage == "student" and entry in MORE:
