@@ -79,7 +79,8 @@ RECIPES = {
     "color": (3, "awgn:5-50", 40, 70, "colour images, Gaussian noise of unknown level (std 5 to 50)"),
     "gray-hg": (1, "hg:40,10", 40, 30, "gray images, signal-dependent noise (alpha 40, delta 10)"),
     "color-hg": (3, "hg:40,10", 15, 25, "colour images, signal-dependent noise (alpha 40, delta 10)"),
-    "color-mg": (3, "mg", 20, 30, "colour images, noise correlated across channels"),
+    "color-mg": (3, "mg", 20, 30,
+                 "colour images, Gaussian noise correlated across channels (`mg`: a random 3 x 3 covariance, std up to 75)"),
 }
 # recipes that fine-tune the AWGN models of their channels instead of starting from random weights:
 # name -> (stage-1 run it starts from or None, student run it starts from). A denoiser for one noise
