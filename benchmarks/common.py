@@ -59,6 +59,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
+def require_bm3d(hint: str = "") -> None:
+    """Stop with a clear message, before any work is done, when the optional ``bm3d`` package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("bm3d") is None:
+        sys.exit(f'the BM3D baseline needs the bm3d package: pip install "dbsn[bm3d]"{hint}')
+
+
 def bm3d_denoise(y, std: float):
     """BM3D (gray) or CBM3D (colour) of a noisy ``(C, H, W)`` tensor with noise std ``std`` (0-1 units).
 

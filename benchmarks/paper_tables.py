@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, MEASURED, TEST_SET, bm3d_denoise, first_images, machine
+from common import DATASETS, MEASURED, TEST_SET, bm3d_denoise, first_images, machine, require_bm3d
 
 
 # (channels, noise) -> (BM3D, D-BSN stage 1, DBSN full), PSNR in dB, from the paper's tables
@@ -84,6 +84,8 @@ def main() -> int:
     p.add_argument("--ensemble", nargs="+", type=int, default=[1, 8],
                    help="score students with each of these self-ensembles (1: as they are; default: 1 8)")
     args = p.parse_args()
+    if not args.no_bm3d:
+        require_bm3d(" (or pass --no-bm3d)")
 
     import dbsn
     from dbsn.inference import evaluate
