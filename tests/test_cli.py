@@ -32,6 +32,8 @@ def test_train_writes_run_folder(trained):
         assert (run / name).is_file()
     summary = json.loads((run / "run.json").read_text())
     assert summary["steps"] == 8 and any("corrupt.png" in s for s in summary["skipped"])
+    log_bytes = (run / "log.csv").read_bytes()
+    assert b"\r" not in log_bytes and log_bytes.count(b"\n") == 1 + 8  # plain lines: header and one per step
     assert main(["-q", "train", "--noisy", str(trained[1]), "--steps", "2", "-o", str(run)]) == 2  # exists
 
 

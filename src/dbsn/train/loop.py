@@ -155,7 +155,8 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
         total=total, initial=min(step if options.steps else int(elapsed), total),
         unit="step" if options.steps else "s", disable=not (progress_bar and ctx.is_main), dynamic_ncols=True,
     ) as bar:
-        writer = csv.DictWriter(log_fh, fieldnames=fields, extrasaction="ignore") if log_fh else None
+        writer = (csv.DictWriter(log_fh, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+                  if log_fh else None)
         if new_log and writer:
             writer.writeheader()
         task.model.train()
