@@ -1,6 +1,8 @@
 """Bundled models by name, the default model per channel count, `dbsn list`, and the figure."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import dbsn
 from dbsn.cli import main
 from dbsn.pretrained import bundled_models, default_model, default_names, resolve_model
 from dbsn.train.checkpoint import save_weights
+
+from .conftest import DATASETS
 
 
 @pytest.fixture
@@ -118,3 +122,35 @@ def test_shipped_models_are_complete(monkeypatch):
     for channels, name in default_names().items():
         assert models[name].stage == "student" and models[name].channels == int(channels)
     assert sum(entry.file.stat().st_size for entry in models.values()) <= 50e6
+
+
+def _shipped_names() -> list:
+    """The package's own models, stage-1 ones marked slow (about 1 s per image on a 2-core CPU)."""
+    index = Path(dbsn.__file__).parent / "weights" / "index.json"
+    models = json.loads(index.read_text())["models"] if index.is_file() else {}
+    return [pytest.param(name, marks=[pytest.mark.slow] if entry["stage"] == "stage1" else [])
+            for name, entry in models.items()]
+
+
+# the storage check each card records: "fp16 safetensors. On the first 8 bsd68 images at `awgn:25`: ..."
+CARD_CHECK = re.compile(r"^(fp16|fp32) safetensors\. On the first (\d+) (\w+) images at `([^`]+)`: PSNR "
+                        r"([\d.]+) dB with\s+the fp32 weights, ([\d.]+) dB with fp16 weights", re.M)
+
+
+@pytest.mark.parametrize("name", _shipped_names())
+def test_shipped_model_reproduces_its_card(name, tmp_path, monkeypatch):
+    # the PSNR the card records for the stored weights, measured again through dbsn.load and the
+    # evaluation protocol: guards loading, padding, colour handling and fp16 storage of what ships
+    from dbsn.data import list_images
+    from dbsn.inference import evaluate
+
+    monkeypatch.delenv("DBSN_WEIGHTS", raising=False)
+    entry = bundled_models()[name]
+    storage, n, test_set, noise, fp32, fp16 = CARD_CHECK.search(entry.card.read_text()).groups()
+    folder = DATASETS / test_set
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    for path in list_images(folder)[:int(n)]:
+        (tmp_path / path.name).symlink_to(path.resolve())
+    recorded = float(fp16 if storage == "fp16" else fp32)
+    assert evaluate(dbsn.load(name, device="cpu"), tmp_path, noise)["psnr"] == pytest.approx(recorded, abs=0.01)
