@@ -259,8 +259,9 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
     data = (f"the clean training sets {', '.join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), as {kind}, "
             f"with synthetic noise `{noise}` drawn afresh for every patch")
     if stage == "student":
-        levels = (f"the levels the teacher measured on noisy copies of {' and '.join(NOISY_SETS)} (`dbsn add-noise`, "
-                  "seed 0)" if not noise.startswith("hg") else
+        measured = "3 x 3 covariances" if noise.startswith("mg") else "levels"
+        levels = (f"the {measured} the teacher measured on noisy copies of {' and '.join(NOISY_SETS)} (`dbsn "
+                  "add-noise`, seed 0)" if not noise.startswith("hg") else
                   "the per-pixel levels the teacher's CNN_est reads off each clean image (the paper's rule)")
         data = (f"stage 1 on {data}; the student on the four clean sets with synthetic noise at {levels}; the "
                 f"teacher's `x_hat` targets weigh 0 (`--weight-noisy 0`, see `benchmarks/bundled_models.py`)")
