@@ -126,9 +126,8 @@ def test_shipped_models_are_complete(monkeypatch):
 
 def _shipped_names() -> list:
     """The package's own models, stage-1 ones marked slow (about 1 s per image on a 2-core CPU)."""
-    index = Path(dbsn.__file__).parent / "weights" / "index.json"
-    models = json.loads(index.read_text())["models"] if index.is_file() else {}
-    return [pytest.param(name, marks=[pytest.mark.slow] if entry["stage"] == "stage1" else [])
+    models = bundled_models(Path(dbsn.__file__).parent / "weights")  # not DBSN_WEIGHTS: what ships
+    return [pytest.param(name, marks=[pytest.mark.slow] if entry.stage == "stage1" else [])
             for name, entry in models.items()]
 
 
