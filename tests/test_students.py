@@ -135,3 +135,31 @@ def test_opponent_colour_is_for_three_channels():
         dbsn.create_model("unet_small", in_channels=1, colour="opponent")
     with pytest.raises(ValueError, match="colour must be"):
         dbsn.create_model("unet_small", in_channels=3, colour="lab")
+
+
+@pytest.mark.parametrize("colour", ["joint", "opponent"])
+def test_deeper_mwcnn_from_a_shallower_one_computes_the_same_and_learns(colour, tmp_path):
+    from dbsn.train.checkpoint import init_weights
+
+    channels = 3 if colour == "opponent" else 1
+    torch.manual_seed(0)
+    shallow = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=2)
+    for p in shallow.parameters():  # trained-looking weights: biases away from zero
+        p.data.add_(0.05 * torch.randn_like(p))
+    save_weights(tmp_path / "shallow.safetensors", shallow.eval())
+    deep = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=4)
+    init_weights(deep, str(tmp_path / "shallow.safetensors"))
+    y = torch.rand(2, channels, 20, 24)
+    with torch.no_grad():
+        assert torch.allclose(deep.eval()(y)["x_hat"], shallow(y)["x_hat"], atol=1e-5)
+    # the new layers are not stuck at the identity: they get gradients
+    deep.train()
+    ((deep(y)["x_hat"] - y.flip(-1)) ** 2).mean().backward()
+    new = [p for name, p in deep.named_parameters() if name.endswith("down.1.6.weight")]
+    assert new and new[0].grad.abs().sum() > 0
+    # other widths, or a shallower model of one layer per level, do not grow
+    for kwargs in (dict(widths=(8, 12, 20), depth=2), dict(widths=(8, 12, 16), depth=1)):
+        other = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **kwargs)
+        save_weights(tmp_path / "other.safetensors", other)
+        with pytest.raises(ValueError, match="--init"):
+            init_weights(deep, str(tmp_path / "other.safetensors"))

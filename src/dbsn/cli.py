@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour students: one network on RGB (joint, the default) or one gray network per "
                         "opponent channel, guided by the luminance (opponent; --init may name a gray student)")
     k.add_argument("--init", help="start the student from these weights (a student's checkpoint, weights file or "
-                                  "bundled name): fine-tuning")
+                                  "bundled name): fine-tuning, or growing an MWCNN of fewer --depth layers deeper")
     _budget(k)
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--patch-size", type=int, default=96)

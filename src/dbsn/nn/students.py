@@ -103,6 +103,33 @@ class MWCNN(nn.Module):
             h_ = haar_iwt(up(h_)) + (skip if skip is not padded else 0)
         return {"x_hat": y - h_[..., :h, :w]}
 
+    def load_shallower_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from an MWCNN of the same widths with fewer layers per level: the result equals it.
+
+        Every run of 3x3 conv + ReLU gets its extra layers at its end, where the input has
+        just left a ReLU and is non-negative; they start as the identity (centre tap 1, bias
+        0), so the deeper network computes what the shallower one did and training makes
+        use of the new layers from there. The shallower one needs at least 2 layers per
+        level: with 1, its up path has no ReLU to follow.
+        """
+        own = self.state_dict()
+        if "down.0.2.weight" not in state:
+            raise ValueError("only an MWCNN with at least 2 layers per level can be grown deeper")
+        misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+        if misfit:
+            raise ValueError(f"the shallower weights do not fit ({misfit[0]}): the widths must be the same")
+        grown = dict(state)
+        for key, target in own.items():
+            if key in state:
+                continue
+            if key.endswith(".bias"):
+                grown[key] = torch.zeros_like(target)
+            else:  # (c, c, 3, 3)
+                eye = torch.zeros_like(target)
+                eye[torch.arange(target.shape[0]), torch.arange(target.shape[1]), 1, 1] = 1.0
+                grown[key] = eye
+        self.load_state_dict(grown)
+
 
 class UNetSmall(nn.Module):
     """A light CPU student: a small U-Net with strided-conv down- and transposed-conv up-sampling.
@@ -210,6 +237,12 @@ class OpponentColour(nn.Module):
             out[tuple(index)] = src.to(target.dtype)
             grown[key] = out
         self.net.load_state_dict(grown)
+
+    def load_shallower_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from an opponent-colour student whose gray network is shallower (see :class:`MWCNN`)."""
+        if not hasattr(self.net, "load_shallower_state"):
+            raise ValueError(f"a {type(self.net).__name__} cannot be grown deeper")
+        self.net.load_shallower_state({k.removeprefix("net."): v for k, v in state.items()})
 
 
 COLOURS = ("joint", "opponent")

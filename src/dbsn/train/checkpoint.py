@@ -102,6 +102,13 @@ def init_weights(model: nn.Module, source: str) -> None:
         log.info("initialised from the gray student %s, on each opponent channel", source)
         return
     state = payload["model"]
+    if _shallower(source_config, model.config) and hasattr(model, "load_shallower_state"):
+        try:
+            model.load_shallower_state(state)
+        except ValueError as err:
+            raise ValueError(f"--init {source}: {err}") from None
+        log.info("initialised from %s (depth %d), its extra layers as the identity", source, source_config["depth"])
+        return
     source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
     if source_noise and noise and source_noise != noise and not _fits(model, state):
         # a stage-1 model for another noise whose heads have other shapes (MG's full covariance against
@@ -123,6 +130,15 @@ def init_weights(model: nn.Module, source: str) -> None:
         raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
                          f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
     log.info("initialised from %s", source)
+
+
+def _shallower(source: dict, target: dict) -> bool:
+    """Whether ``source`` is the configuration ``target`` has, with fewer layers per level."""
+    def rest(config: dict) -> dict:  # as JSON has it: tuples become lists
+        return json.loads(json.dumps({k: v for k, v in config.items() if k != "depth"}))
+
+    return ("depth" in source and "depth" in target and source["depth"] < target["depth"]
+            and rest(source) == rest(target))
 
 
 def _fits(model: nn.Module, state: dict) -> bool:
