@@ -17,9 +17,8 @@ The HG and MG models start from the AWGN ones of their channels (``FINE_TUNE``, 
 at lr 5e-4) with shorter budgets: the gray AWGN student, blind to the level, gave 25.03 dB on
 the first 8 BSD68 images with ``hg:40,10`` noise, so a noise of its own is worth training, but
 not from random weights. The MG stage 1 keeps the AWGN D-BSN only; its full-covariance heads
-start from scratch. The MG stage 1 starts from the bundled `color-stage1` by name (``FROM_BUNDLED``),
-so it needs no earlier run on the machine that trains it; the MG student starts from the run
-`color-more`, the colour student before it grew deeper (``DEEPER``).
+start from scratch. The MG recipe starts from the bundled models by name (``FROM_BUNDLED``), so
+it needs no earlier run on the machine that trains it.
 
 The student learns from clean patches of all four sets with synthetic noise. For AWGN
 and MG its level is one the teacher measured on noisy versions of train400 and
@@ -47,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -74,20 +72,10 @@ OPPONENT_FROM = {"color": "gray"}
 # (the colour student's validation PSNR was still rising, 0.04 dB over its last 3,400 steps); a new
 # seed gives it other patches and noise
 MORE = {"color": (50, "2.5e-4")}
-# students grown deeper, then trained on: name -> (minutes, lr, layers per level, seed, precision). The
-# new layers start as the identity (dbsn.nn.students.MWCNN.load_shallower_state), so the run begins
-# where the last one ended; every patch is synthetic (`--noisy-share 0`), as the noisy ones weigh 0.
-# fp32: the CPU that trained it (Intel Xeon, 2 cores) has no bf16 instructions, and bf16 autocast ran
-# a step 2.1x slower there than fp32 (2.7 s against 5.7 s at batch 16)
-DEEPER = {"color": (65, "2e-4", 4, 3, "fp32")}
-# steps that ran with other arguments than the recipe's, and why; the cards say so
-RAN_AS = {
-    "color-deep": ("--teacher color-stage1 --init color",
-                   "the bundled fp16 copies of `color-stage1r` and `color-more` (commit 6923d75), as those run "
-                   "folders were no longer on the machine that trained it"),
-    "color-mg": ("--init color", "the bundled colour student of its day (commit abdd0cd), the fp16 copy of "
-                 "`color-more`"),
-}
+# Not bundled: the colour student grown to 4 layers per level (`distill --init color --depth 4`, the
+# new layers at the identity; lr 2e-4, seed 3, `--noisy-share 0`, 65 minutes in fp32 on a 2-core
+# Intel Xeon without bf16 instructions: 864 steps) gave 30.80 dB on all of CBSD68 at sigma 25, where
+# the bundled `color` gives 30.78; a third more time per image for 0.02 dB
 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
@@ -104,18 +92,16 @@ RECIPES = {
 # run gives all its weights where the heads have the same shapes (HG and AWGN) and only its D-BSN
 # where they do not (MG's full covariance).
 FINE_TUNE = {"gray-hg": (None, "gray"), "color-hg": ("color-stage1", "color-more"),
-             "color-mg": ("color-stage1", "color-more")}
-# FINE_TUNE sources that are the bundled models by name (`--init color-stage1`), not run folders: they
-# need no earlier run on this machine. The MG student started from the bundled `color` of its day
-# (commit abdd0cd), the fp16 copy of the run `color-more`; `color` has since grown deeper, so the
-# recipe names that run
-FROM_BUNDLED = {("color-mg", "color-stage1")}
+             "color-mg": ("color-stage1", "color")}
+# recipes whose FINE_TUNE sources are the bundled models by name (`--init color`), not run folders:
+# they need no earlier run on this machine, so they reproduce from a fresh checkout
+FROM_BUNDLED = {"color-mg"}
 FINE_TUNE_LR = "5e-4"  # also for a colour student grown from a gray one (OPPONENT_FROM)
 
 
 def _init_source(name: str, source: str) -> str:
     """What ``--init`` gets for a FINE_TUNE source of recipe ``name``: a bundled name or a run's weights."""
-    return source if (name, source) in FROM_BUNDLED else str(RUNS / source / "model.safetensors")
+    return source if name in FROM_BUNDLED else str(RUNS / source / "model.safetensors")
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -157,13 +143,6 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
         more = _replace(steps[-1][1], "--minutes", str(minutes))
         more = _replace(_replace(more, "--init", str(student / "model.safetensors")), "--lr", lr)
         steps.append((RUNS / f"{name}-more", _replace(more, "--seed", "1")))
-    if name in DEEPER:
-        minutes, lr, depth, seed, precision = DEEPER[name]
-        deeper = _replace(steps[-1][1], "--init", str(steps[-1][0] / "model.safetensors"))
-        for flag, value in (("--minutes", str(minutes)), ("--lr", lr), ("--depth", str(depth)),
-                            ("--seed", str(seed)), ("--noisy-share", "0"), ("--precision", precision)):
-            deeper = _replace(deeper, flag, value)
-        steps.append((RUNS / f"{name}-deep", deeper))
     return [(out, [*cmd, "-o", str(out)]) for out, cmd in steps]
 
 
@@ -222,7 +201,6 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
 
     A model whose tensors are already bundled keeps its file and the measured rows of its card
     (``paper_tables.py --cards``); a changed model drops them, as they no longer describe it.
-    A stage-1 model whose run folder is not on this machine stays as it is bundled.
     """
     import tempfile
 
@@ -239,9 +217,6 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
         card_path = WEIGHTS / f"{entry}.md"
-        if not src.is_file() and dst.is_file() and card_path.is_file():
-            print(f"{entry}: kept as bundled ({run_dir} is not on this machine)")
-            continue
         with tempfile.TemporaryDirectory(prefix="dbsn-bundle-") as scratch:
             candidate = Path(scratch) / dst.name
             _save_model(src, candidate, half=True)
@@ -274,24 +249,6 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
         tmp.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _run_record(out: Path, action: str) -> tuple[int, float] | None:
-    """Steps and minutes of the run ``out`` (``action`` is train or distill): its run.json, or a card's record.
-
-    The run folders do not outlive the machine that trained them; the cards of the bundled models
-    keep each step's count and time (`` `distill -o color`: 8383 steps, 70 min``).
-    """
-    summary = out / "run.json"
-    if summary.is_file():
-        run_summary = json.loads(summary.read_text())
-        return run_summary["steps"], run_summary["elapsed_s"] / 60
-    pattern = re.compile(rf"`{action} -o {re.escape(out.name)}`: (\d+) steps, (\d+) min")
-    for card in sorted(WEIGHTS.glob("*.md")):
-        found = pattern.search(card.read_text())
-        if found:
-            return int(found[1]), float(found[2])
-    return None
-
-
 def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16, check_noise, n, channels):
     def show(c):
         return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
@@ -299,9 +256,9 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
     trained = [show(c) for _, c in steps]
     times = []
     for out, cmd in steps:
-        record = _run_record(out, cmd[2]) if cmd[2] != "add-noise" else None
-        if record:
-            times.append(f"`{cmd[2]} -o {out.name}`: {record[0]} steps, {record[1]:.0f} min")
+        if (out / "run.json").is_file():
+            run_summary = json.loads((out / "run.json").read_text())
+            times.append(f"`{cmd[2]} -o {out.name}`: {run_summary['steps']} steps, {run_summary['elapsed_s'] / 60:.0f} min")
     kind = "gray" if channels == 1 else "colour"
     data = (f"the clean training sets {', '.join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), as {kind}, "
             f"with synthetic noise `{noise}` drawn afresh for every patch")
@@ -319,35 +276,28 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
             f"Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `{entry}-stage1`; "
             + ("the fast default model." if noise.startswith("awgn") else "the fast model for this noise."))
     if stage == "student" and entry in OPPONENT_FROM:
-        twin_steps, twin_minutes = _run_record(RUNS / OPPONENT_FROM[entry], "distill")
+        twin = json.loads((RUNS / OPPONENT_FROM[entry] / "run.json").read_text())
         role += (f" It is one gray network applied to each channel of an orthonormal opponent colour space "
                  f"(luminance and two colour differences, as CBM3D does), reading the luminance beside each "
                  f"channel (`--colour opponent`); it started from the gray student `{OPPONENT_FROM[entry]}` "
-                 f"(`--init`; {twin_steps} steps, {twin_minutes:.0f} min, see its card), so its "
+                 f"(`--init`; {twin['steps']} steps, {twin['elapsed_s'] / 60:.0f} min, see its card), so its "
                  f"training includes that student's.")
     tuned_from = FINE_TUNE.get(entry.removesuffix("-stage1"), (None, None))[stage == "student"]
     if tuned_from:
         part = "Its D-BSN started from" if stage == "stage1" and noise == "mg" else "It was fine-tuned from"
         awgn = ("gray" if channels == 1 else "color") + ("-stage1" if stage == "stage1" else "")
-        if (entry.removesuffix("-stage1"), tuned_from) in FROM_BUNDLED:
+        if entry.removesuffix("-stage1") in FROM_BUNDLED:
             source = f"`--init {tuned_from}`, the bundled weights, lr {FINE_TUNE_LR}; see its card"
         else:
-            tuned_steps, tuned_minutes = _run_record(RUNS / tuned_from, "train" if stage == "stage1" else "distill")
-            source = (f"`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that run: {tuned_steps} steps, "
-                      f"{tuned_minutes:.0f} min, see `{awgn}`'s card")
+            tuned = json.loads((RUNS / tuned_from / "run.json").read_text())
+            source = (f"`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that run: {tuned['steps']} steps, "
+                      f"{tuned['elapsed_s'] / 60:.0f} min, see `{awgn}`'s card")
         role += f" {part} the AWGN model `{awgn}` ({source}), so its training includes that model's."
         if part.startswith("Its D-BSN"):
             role += " Its heads, for a full covariance, started from scratch."
     if stage == "student" and entry in MORE:
         role += (f" Its training then went on from its own weights for {MORE[entry][0]} minutes under a fresh "
                  f"cosine schedule from lr {MORE[entry][1]}, with a new seed (`-o {entry}-more`).")
-    if stage == "student" and entry in DEEPER:
-        minutes, lr, depth, _, precision = DEEPER[entry]
-        role += (f" Then it grew to {depth} layers per level (`--depth {depth}`; the new layers started as the "
-                 f"identity, so it began as the model before) and trained {minutes} minutes more from lr {lr}, "
-                 f"every patch synthetic, in {precision} (`-o {entry}-deep`).")
-    ran_as = [f"`{cmd[2]} -o {out.name}` ran with `{RAN_AS[out.name][0]}`, {RAN_AS[out.name][1]}."
-              for out, cmd in steps if out.name in RAN_AS]
     return f"""# {entry}
 
 {description}. {role}
@@ -357,7 +307,7 @@ With this package's own commands only (`python benchmarks/bundled_models.py trai
 {entry.removesuffix('-stage1')}` runs them):
 
 {chr(10).join(trained)}
-{"".join(chr(10) + line + chr(10) for line in ran_as)}
+
 - Data: {data}. No test image (BSD68, CBSD68, Set12, Set14) was seen.
 - Steps and wall time: {"; ".join(times)}; on {machine()}.
 - Last validation ({where}): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
