@@ -75,7 +75,9 @@ MORE = {"color": (50, "2.5e-4")}
 # Not bundled: the colour student grown to 4 layers per level (`distill --init color --depth 4`, the
 # new layers at the identity; lr 2e-4, seed 3, `--noisy-share 0`, 65 minutes in fp32 on a 2-core
 # Intel Xeon without bf16 instructions: 864 steps) gave 30.80 dB on all of CBSD68 at sigma 25, where
-# the bundled `color` gives 30.78; a third more time per image for 0.02 dB
+# the bundled `color` gives 30.78, at the same median time per image (0.68 s; `dbsn -q evaluate --model
+# M --clean $DATASETS/cbsd68 --noise awgn:25`). Still short of CBM3D (30.83); bundling it means
+# measuring every colour row again
 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {

@@ -2,7 +2,6 @@
 
     python benchmarks/paper_tables.py --out benchmarks/results.md
     python benchmarks/paper_tables.py --images 4 --no-bm3d      # a quick look
-    python benchmarks/paper_tables.py --models color --bm3d-noise awgn:25   # BM3D (slow) on one row only
     python benchmarks/paper_tables.py --out benchmarks/results.md --cards   # and into each model card
 
 For each bundled model (``dbsn list``) the rows its noise applies to: gray AWGN models
@@ -78,8 +77,6 @@ def main() -> int:
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("--images", type=int, help="only the first N images of each set (a quick look)")
     p.add_argument("--no-bm3d", action="store_true")
-    p.add_argument("--bm3d-noise", nargs="+", metavar="NOISE",
-                   help="run BM3D on these rows only, e.g. awgn:25 (default: every row); the others show -")
     p.add_argument("--models", nargs="+", help="only these bundled models (default: all)")
     p.add_argument("--noise", nargs="+", help="only these rows, e.g. awgn:25 (default: every row a model applies to)")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
@@ -110,7 +107,7 @@ def main() -> int:
                 print(f"skipping {set_name}: {clean} not found", file=sys.stderr)
                 continue
             key = (model.channels, noise)
-            if not args.no_bm3d and (not args.bm3d_noise or noise in args.bm3d_noise) and key not in bm3d_cache:
+            if not args.no_bm3d and key not in bm3d_cache:
                 bm3d_cache[key] = bm3d_scores(clean, noise, model.channels, args.images)
             b = bm3d_cache.get(key)
             paper = PAPER.get(key, (None, None, None))
