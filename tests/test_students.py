@@ -163,3 +163,31 @@ def test_deeper_mwcnn_from_a_shallower_one_computes_the_same_and_learns(colour, 
         save_weights(tmp_path / "other.safetensors", other)
         with pytest.raises(ValueError, match="--init"):
             init_weights(deep, str(tmp_path / "other.safetensors"))
+
+
+@pytest.mark.parametrize("colour", ["joint", "opponent"])
+def test_wider_mwcnn_from_a_narrower_one_computes_the_same_and_learns(colour, tmp_path):
+    from dbsn.train.checkpoint import init_weights
+
+    channels = 3 if colour == "opponent" else 1
+    torch.manual_seed(0)
+    narrow = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=2)
+    for p in narrow.parameters():  # trained-looking weights: biases away from zero
+        p.data.add_(0.05 * torch.randn_like(p))
+    save_weights(tmp_path / "narrow.safetensors", narrow.eval())
+    wide = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 16, 24), depth=2)
+    init_weights(wide, str(tmp_path / "narrow.safetensors"))
+    y = torch.rand(2, channels, 20, 24)
+    with torch.no_grad():
+        assert torch.allclose(wide.eval()(y)["x_hat"], narrow(y)["x_hat"], atol=1e-5)
+    # the new channels compute something, and the zero weights out of them get gradients
+    wide.train()
+    ((wide(y)["x_hat"] - y.flip(-1)) ** 2).mean().backward()
+    into_old = [p for name, p in wide.named_parameters() if name.endswith("down.2.2.weight")][0]
+    assert into_old.grad[:16, 16:].abs().sum() > 0  # old outputs, from the new level-2 channels
+    # wider in one level and narrower in another, or another depth, do not grow
+    for kwargs in (dict(widths=(8, 20, 12), depth=2), dict(widths=(8, 12, 16), depth=3)):
+        other = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **kwargs)
+        save_weights(tmp_path / "other.safetensors", other)
+        with pytest.raises(ValueError, match="--init"):
+            init_weights(wide, str(tmp_path / "other.safetensors"))

@@ -130,6 +130,51 @@ class MWCNN(nn.Module):
                 grown[key] = eye
         self.load_state_dict(grown)
 
+    def load_narrower_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from an MWCNN of the same depth with fewer channels per level: the result equals it.
+
+        Each layer keeps the old weights between old channels (the first channels of each
+        level, and of each Haar band where a tensor holds four); a new output channel keeps
+        this model's fresh initial weights, so it computes something from the start, and
+        every weight from a new channel into an old one starts at zero. The old channels then
+        compute what they did, the output is the narrower model's, and training brings the
+        new channels in through the zero weights, whose gradients are not zero.
+        """
+        own = self.state_dict()
+        if own.keys() != state.keys():
+            raise ValueError("the narrower weights do not fit: the depth and the number of levels must be the same")
+        old = [int(state[f"down.{i}.0.weight"].shape[0]) for i in range(self.levels)]
+        if any(o > w for o, w in zip(old, self.widths)):
+            raise ValueError(f"widths {tuple(old)} are not narrower than {self.widths}")
+
+        def plain(c_old: int) -> torch.Tensor:
+            return torch.arange(c_old)
+
+        def bands(c_old: int, c_new: int) -> torch.Tensor:  # haar_dwt's [LL, LH, HL, HH] blocks
+            return torch.cat([k * c_new + torch.arange(c_old) for k in range(4)])
+
+        maps = {}  # conv name -> (old output channels, old input channels) in this model
+        for i, c in enumerate(self.widths):
+            c_prev, c_prev_old = (self.in_channels, self.in_channels) if i == 0 else (self.widths[i - 1], old[i - 1])
+            down = [n for n, m in self.down[i].named_children() if isinstance(m, nn.Conv2d)]
+            for j, name in enumerate(down):
+                maps[f"down.{i}.{name}"] = (plain(old[i]), bands(c_prev_old, c_prev) if j == 0 else plain(old[i]))
+            for name, m in self.up[i].named_modules():
+                if isinstance(m, nn.Conv2d):
+                    last = m.out_channels == 4 * c_prev
+                    maps[f"up.{i}.{name}"] = (bands(c_prev_old, c_prev) if last else plain(old[i]), plain(old[i]))
+        grown = {}
+        for name, (rows, cols) in maps.items():
+            weight, bias = own[f"{name}.weight"].clone(), own[f"{name}.bias"].clone()
+            src_w, src_b = state[f"{name}.weight"], state[f"{name}.bias"]
+            if src_w.shape != (len(rows), len(cols), *weight.shape[2:]):
+                raise ValueError(f"{name}: weights {tuple(src_w.shape)} do not fit {tuple(weight.shape)}")
+            weight[rows] = 0.0
+            weight[rows[:, None], cols[None, :]] = src_w.to(weight.dtype)
+            bias[rows] = src_b.to(bias.dtype)
+            grown[f"{name}.weight"], grown[f"{name}.bias"] = weight, bias
+        self.load_state_dict(grown)
+
 
 class UNetSmall(nn.Module):
     """A light CPU student: a small U-Net with strided-conv down- and transposed-conv up-sampling.
@@ -243,6 +288,12 @@ class OpponentColour(nn.Module):
         if not hasattr(self.net, "load_shallower_state"):
             raise ValueError(f"a {type(self.net).__name__} cannot be grown deeper")
         self.net.load_shallower_state({k.removeprefix("net."): v for k, v in state.items()})
+
+    def load_narrower_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from an opponent-colour student whose gray network is narrower (see :class:`MWCNN`)."""
+        if not hasattr(self.net, "load_narrower_state"):
+            raise ValueError(f"a {type(self.net).__name__} cannot be grown wider")
+        self.net.load_narrower_state({k.removeprefix("net."): v for k, v in state.items()})
 
 
 COLOURS = ("joint", "opponent")

@@ -109,6 +109,14 @@ def init_weights(model: nn.Module, source: str) -> None:
             raise ValueError(f"--init {source}: {err}") from None
         log.info("initialised from %s (depth %d), its extra layers as the identity", source, source_config["depth"])
         return
+    if _narrower(source_config, model.config) and hasattr(model, "load_narrower_state"):
+        try:
+            model.load_narrower_state(state)
+        except ValueError as err:
+            raise ValueError(f"--init {source}: {err}") from None
+        log.info("initialised from %s (widths %s), its extra channels brought in from zero",
+                 source, ",".join(map(str, source_config["widths"])))
+        return
     source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
     if source_noise and noise and source_noise != noise and not _fits(model, state):
         # a stage-1 model for another noise whose heads have other shapes (MG's full covariance against
@@ -139,6 +147,17 @@ def _shallower(source: dict, target: dict) -> bool:
 
     return ("depth" in source and "depth" in target and source["depth"] < target["depth"]
             and rest(source) == rest(target))
+
+
+def _narrower(source: dict, target: dict) -> bool:
+    """Whether ``source`` is the configuration ``target`` has, with as many levels and fewer channels."""
+    def rest(config: dict) -> dict:
+        return json.loads(json.dumps({k: v for k, v in config.items() if k != "widths"}))
+
+    if "widths" not in source or "widths" not in target or len(source["widths"]) != len(target["widths"]):
+        return False
+    pairs = list(zip(source["widths"], target["widths"]))
+    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs) and rest(source) == rest(target)
 
 
 def _fits(model: nn.Module, state: dict) -> bool:
