@@ -137,57 +137,44 @@ def test_opponent_colour_is_for_three_channels():
         dbsn.create_model("unet_small", in_channels=3, colour="lab")
 
 
-@pytest.mark.parametrize("colour", ["joint", "opponent"])
-def test_deeper_mwcnn_from_a_shallower_one_computes_the_same_and_learns(colour, tmp_path):
-    from dbsn.train.checkpoint import init_weights
-
-    channels = 3 if colour == "opponent" else 1
-    torch.manual_seed(0)
-    shallow = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=2)
-    for p in shallow.parameters():  # trained-looking weights: biases away from zero
-        p.data.add_(0.05 * torch.randn_like(p))
-    save_weights(tmp_path / "shallow.safetensors", shallow.eval())
-    deep = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=4)
-    init_weights(deep, str(tmp_path / "shallow.safetensors"))
-    y = torch.rand(2, channels, 20, 24)
-    with torch.no_grad():
-        assert torch.allclose(deep.eval()(y)["x_hat"], shallow(y)["x_hat"], atol=1e-5)
-    # the new layers are not stuck at the identity: they get gradients
-    deep.train()
-    ((deep(y)["x_hat"] - y.flip(-1)) ** 2).mean().backward()
-    new = [p for name, p in deep.named_parameters() if name.endswith("down.1.6.weight")]
-    assert new and new[0].grad.abs().sum() > 0
-    # other widths, or a shallower model of one layer per level, do not grow
-    for kwargs in (dict(widths=(8, 12, 20), depth=2), dict(widths=(8, 12, 16), depth=1)):
-        other = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **kwargs)
-        save_weights(tmp_path / "other.safetensors", other)
-        with pytest.raises(ValueError, match="--init"):
-            init_weights(deep, str(tmp_path / "other.safetensors"))
+# growing an MWCNN student: (smaller, larger, a new weight and the part of it that must get gradients,
+# configurations that must not grow into the larger one)
+GROWTH = {
+    "deeper": (dict(widths=(8, 12, 16), depth=2), dict(widths=(8, 12, 16), depth=4),
+               ("down.1.6.weight", (slice(None),)),
+               [dict(widths=(8, 12, 20), depth=2), dict(widths=(8, 12, 16), depth=1)]),
+    # into an old channel from the new level-2 channels, weights that start at zero
+    "wider": (dict(widths=(8, 12, 16), depth=2), dict(widths=(8, 16, 24), depth=2),
+              ("down.2.2.weight", (slice(0, 16), slice(16, None))),
+              [dict(widths=(8, 20, 12), depth=2), dict(widths=(8, 12, 16), depth=3)]),
+}
 
 
 @pytest.mark.parametrize("colour", ["joint", "opponent"])
-def test_wider_mwcnn_from_a_narrower_one_computes_the_same_and_learns(colour, tmp_path):
+@pytest.mark.parametrize("growth", sorted(GROWTH))
+def test_grown_mwcnn_computes_what_the_smaller_one_did_and_learns(growth, colour, tmp_path):
     from dbsn.train.checkpoint import init_weights
 
+    small_kwargs, large_kwargs, (new_name, new_part), others = GROWTH[growth]
     channels = 3 if colour == "opponent" else 1
     torch.manual_seed(0)
-    narrow = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 12, 16), depth=2)
-    for p in narrow.parameters():  # trained-looking weights: biases away from zero
+    small = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **small_kwargs)
+    for p in small.parameters():  # trained-looking weights: biases away from zero
         p.data.add_(0.05 * torch.randn_like(p))
-    save_weights(tmp_path / "narrow.safetensors", narrow.eval())
-    wide = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, widths=(8, 16, 24), depth=2)
-    init_weights(wide, str(tmp_path / "narrow.safetensors"))
+    save_weights(tmp_path / "small.safetensors", small.eval())
+    large = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **large_kwargs)
+    init_weights(large, str(tmp_path / "small.safetensors"))
     y = torch.rand(2, channels, 20, 24)
     with torch.no_grad():
-        assert torch.allclose(wide.eval()(y)["x_hat"], narrow(y)["x_hat"], atol=1e-5)
-    # the new channels compute something, and the zero weights out of them get gradients
-    wide.train()
-    ((wide(y)["x_hat"] - y.flip(-1)) ** 2).mean().backward()
-    into_old = [p for name, p in wide.named_parameters() if name.endswith("down.2.2.weight")][0]
-    assert into_old.grad[:16, 16:].abs().sum() > 0  # old outputs, from the new level-2 channels
-    # wider in one level and narrower in another, or another depth, do not grow
-    for kwargs in (dict(widths=(8, 20, 12), depth=2), dict(widths=(8, 12, 16), depth=3)):
+        assert torch.allclose(large.eval()(y)["x_hat"], small(y)["x_hat"], atol=1e-5)
+    # the new weights are not stuck where they started: they get gradients
+    large.train()
+    ((large(y)["x_hat"] - y.flip(-1)) ** 2).mean().backward()
+    new = [p for name, p in large.named_parameters() if name.endswith(new_name)]
+    assert new and new[0].grad[new_part].abs().sum() > 0
+    for kwargs in others:
         other = dbsn.create_model("mwcnn_small", in_channels=channels, colour=colour, **kwargs)
         save_weights(tmp_path / "other.safetensors", other)
         with pytest.raises(ValueError, match="--init"):
-            init_weights(wide, str(tmp_path / "other.safetensors"))
+            init_weights(large, str(tmp_path / "other.safetensors"))
+
