@@ -78,8 +78,10 @@ MORE = {"color": (50, "2.5e-4")}
 # the bundled `color` gives 30.78, at the same median time per image (0.68 s; `dbsn -q evaluate --model
 # M --clean $DATASETS/cbsd68 --noise awgn:25`). Trained on from its own weights for 80 more minutes
 # (lr 2e-4, seed 4, 2,000 fp32 steps, same flags) it gave 30.80 again (30.798 against 30.797), and
-# the mean of the two runs' weights 30.798: at this size more steps no longer help. Still short of
-# CBM3D (30.83); bundling it means measuring every colour row again
+# the mean of the two runs' weights 30.798: at this size more steps no longer help. Grown wider from
+# that run (`--init` it, `--widths 64,128,256`, lr 2e-4, seed 5, 55 minutes, 986 fp32 steps, same
+# flags) it gave 30.821 at a median 1.06 s per image against 0.80 s. Still short of CBM3D (30.83);
+# bundling one means measuring every colour row again
 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
