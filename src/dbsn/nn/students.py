@@ -147,22 +147,21 @@ class MWCNN(nn.Module):
         if any(o > w for o, w in zip(old, self.widths)):
             raise ValueError(f"widths {tuple(old)} are not narrower than {self.widths}")
 
-        def plain(c_old: int) -> torch.Tensor:
-            return torch.arange(c_old)
-
         def bands(c_old: int, c_new: int) -> torch.Tensor:  # haar_dwt's [LL, LH, HL, HH] blocks
             return torch.cat([k * c_new + torch.arange(c_old) for k in range(4)])
 
         maps = {}  # conv name -> (old output channels, old input channels) in this model
-        for i, c in enumerate(self.widths):
+        for i in range(self.levels):
             c_prev, c_prev_old = (self.in_channels, self.in_channels) if i == 0 else (self.widths[i - 1], old[i - 1])
+            level = torch.arange(old[i])
             down = [n for n, m in self.down[i].named_children() if isinstance(m, nn.Conv2d)]
             for j, name in enumerate(down):
-                maps[f"down.{i}.{name}"] = (plain(old[i]), bands(c_prev_old, c_prev) if j == 0 else plain(old[i]))
-            for name, m in self.up[i].named_modules():
+                maps[f"down.{i}.{name}"] = (level, bands(c_prev_old, c_prev) if j == 0 else level)
+            inner, last = self.up[i][0], "1"  # up[i]: (convs at this level's width, the conv into the bands)
+            for name, m in inner.named_children():
                 if isinstance(m, nn.Conv2d):
-                    last = m.out_channels == 4 * c_prev
-                    maps[f"up.{i}.{name}"] = (bands(c_prev_old, c_prev) if last else plain(old[i]), plain(old[i]))
+                    maps[f"up.{i}.0.{name}"] = (level, level)
+            maps[f"up.{i}.{last}"] = (bands(c_prev_old, c_prev), level)
         grown = {}
         for name, (rows, cols) in maps.items():
             weight, bias = own[f"{name}.weight"].clone(), own[f"{name}.bias"].clone()
@@ -283,17 +282,18 @@ class OpponentColour(nn.Module):
             grown[key] = out
         self.net.load_state_dict(grown)
 
+    def _grow(self, method: str, how: str, state: dict[str, torch.Tensor]) -> None:
+        if not hasattr(self.net, method):
+            raise ValueError(f"a {type(self.net).__name__} cannot be grown {how}")
+        getattr(self.net, method)({k.removeprefix("net."): v for k, v in state.items()})
+
     def load_shallower_state(self, state: dict[str, torch.Tensor]) -> None:
         """Start from an opponent-colour student whose gray network is shallower (see :class:`MWCNN`)."""
-        if not hasattr(self.net, "load_shallower_state"):
-            raise ValueError(f"a {type(self.net).__name__} cannot be grown deeper")
-        self.net.load_shallower_state({k.removeprefix("net."): v for k, v in state.items()})
+        self._grow("load_shallower_state", "deeper", state)
 
     def load_narrower_state(self, state: dict[str, torch.Tensor]) -> None:
         """Start from an opponent-colour student whose gray network is narrower (see :class:`MWCNN`)."""
-        if not hasattr(self.net, "load_narrower_state"):
-            raise ValueError(f"a {type(self.net).__name__} cannot be grown wider")
-        self.net.load_narrower_state({k.removeprefix("net."): v for k, v in state.items()})
+        self._grow("load_narrower_state", "wider", state)
 
 
 COLOURS = ("joint", "opponent")

@@ -102,21 +102,16 @@ def init_weights(model: nn.Module, source: str) -> None:
         log.info("initialised from the gray student %s, on each opponent channel", source)
         return
     state = payload["model"]
-    if _shallower(source_config, model.config) and hasattr(model, "load_shallower_state"):
-        try:
-            model.load_shallower_state(state)
-        except ValueError as err:
-            raise ValueError(f"--init {source}: {err}") from None
-        log.info("initialised from %s (depth %d), its extra layers as the identity", source, source_config["depth"])
-        return
-    if _narrower(source_config, model.config) and hasattr(model, "load_narrower_state"):
-        try:
-            model.load_narrower_state(state)
-        except ValueError as err:
-            raise ValueError(f"--init {source}: {err}") from None
-        log.info("initialised from %s (widths %s), its extra channels brought in from zero",
-                 source, ",".join(map(str, source_config["widths"])))
-        return
+    # a smaller MWCNN student grown into this one: (is it, the method, what the log says it kept)
+    for smaller, method, kept in ((_shallower, "load_shallower_state", "depth"),
+                                  (_narrower, "load_narrower_state", "widths")):
+        if smaller(source_config, model.config) and hasattr(model, method):
+            try:
+                getattr(model, method)(state)
+            except ValueError as err:
+                raise ValueError(f"--init {source}: {err}") from None
+            log.info("initialised from %s (%s %s), grown into this model", source, kept, source_config[kept])
+            return
     source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
     if source_noise and noise and source_noise != noise and not _fits(model, state):
         # a stage-1 model for another noise whose heads have other shapes (MG's full covariance against
@@ -140,24 +135,25 @@ def init_weights(model: nn.Module, source: str) -> None:
     log.info("initialised from %s", source)
 
 
+def _same_but(source: dict, target: dict, key: str) -> bool:
+    """Whether two model configurations agree on everything but ``key``."""
+    def rest(config: dict) -> dict:  # as JSON has it: tuples become lists
+        return json.loads(json.dumps({k: v for k, v in config.items() if k != key}))
+
+    return key in source and key in target and rest(source) == rest(target)
+
+
 def _shallower(source: dict, target: dict) -> bool:
     """Whether ``source`` is the configuration ``target`` has, with fewer layers per level."""
-    def rest(config: dict) -> dict:  # as JSON has it: tuples become lists
-        return json.loads(json.dumps({k: v for k, v in config.items() if k != "depth"}))
-
-    return ("depth" in source and "depth" in target and source["depth"] < target["depth"]
-            and rest(source) == rest(target))
+    return _same_but(source, target, "depth") and source["depth"] < target["depth"]
 
 
 def _narrower(source: dict, target: dict) -> bool:
     """Whether ``source`` is the configuration ``target`` has, with as many levels and fewer channels."""
-    def rest(config: dict) -> dict:
-        return json.loads(json.dumps({k: v for k, v in config.items() if k != "widths"}))
-
-    if "widths" not in source or "widths" not in target or len(source["widths"]) != len(target["widths"]):
+    if not _same_but(source, target, "widths") or len(source["widths"]) != len(target["widths"]):
         return False
     pairs = list(zip(source["widths"], target["widths"]))
-    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs) and rest(source) == rest(target)
+    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
 
 
 def _fits(model: nn.Module, state: dict) -> bool:
