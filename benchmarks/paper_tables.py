@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import time
@@ -81,6 +82,7 @@ def main() -> int:
     p.add_argument("--noise", nargs="+", help="only these rows, e.g. awgn:25 (default: every row a model applies to)")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     p.add_argument("--cards", action="store_true", help="also write each model's rows into its model card")
+    p.add_argument("--json", type=Path, help="also write every row here unrounded (JSON), BM3D's included")
     p.add_argument("--ensemble", nargs="+", type=int, default=[1, 8],
                    help="score students with each of these self-ensembles (1: as they are; default: 1 8)")
     args = p.parse_args()
@@ -99,6 +101,7 @@ def main() -> int:
              "paper D-BSN | paper DBSN |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     bm3d_cache: dict = {}
     rows_of: dict[str, list[str]] = {}
+    records: list[dict] = []
     for model in models:
         for noise in (n for n in rows_for(model) if not args.noise or n in args.noise):
             set_name = TEST_SET[model.channels]
@@ -123,6 +126,9 @@ def main() -> int:
                     f"{cell(paper[1])} | {cell(paper[2])} |"
                 )
                 print(lines[-1], flush=True)
+                records.append({"set": set_name, "noise": noise, "model": model.name, "ensemble": ensemble,
+                                "stage": model.stage, **{k: result[k] for k in ("psnr", "ssim", "seconds_per_image_median")},
+                                "bm3d_psnr": b[0] if b else None, "bm3d_seconds_per_image_median": b[1] if b else None})
                 rows_of.setdefault(model.name, []).append(lines[-1])
     stamp = (f"{datetime.date.today().isoformat()} on {machine()}, dbsn {dbsn.__version__}"
              + (f", first {args.images} images only" if args.images else ""))
@@ -134,6 +140,9 @@ def main() -> int:
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(table)
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"measured": stamp, "command": command, "rows": records}, indent=2) + "\n")
     if args.cards:
         for model in models:
             if model.card is None or not model.card.is_file() or model.name not in rows_of:

@@ -178,3 +178,37 @@ def test_grown_mwcnn_computes_what_the_smaller_one_did_and_learns(growth, colour
         with pytest.raises(ValueError, match="--init"):
             init_weights(large, str(tmp_path / "other.safetensors"))
 
+
+
+def test_int8_storage_keeps_each_weight_within_half_a_step_of_its_kernel_scale(tmp_path):
+    from safetensors.torch import load_file
+
+    from dbsn.train.checkpoint import INT8_SCALE, read_checkpoint
+
+    torch.manual_seed(0)
+    model = dbsn.create_model("mwcnn", in_channels=3, **SMALL["mwcnn"]).eval()
+    big = {k for k, v in model.state_dict().items() if v.ndim >= 2 and v.numel() >= 1000}
+    weight = model.state_dict()[sorted(big)[0]]
+    weight[0, 0].zero_()  # a kernel of zeros must come back as zeros, not NaN
+    save_weights(tmp_path / "full.safetensors", model)
+    save_weights(tmp_path / "int8.safetensors", model, int8_from=1000)
+
+    raw = load_file(str(tmp_path / "int8.safetensors"))
+    assert {k for k, v in raw.items() if v.dtype == torch.int8} == big
+    assert (tmp_path / "int8.safetensors").stat().st_size < 0.4 * (tmp_path / "full.safetensors").stat().st_size
+    state = read_checkpoint(tmp_path / "int8.safetensors")["model"]
+    assert state.keys() == model.state_dict().keys()
+    for key, w in model.state_dict().items():
+        if key not in big:
+            assert torch.equal(state[key], w), key
+            continue
+        scale = raw[key + INT8_SCALE].float()
+        assert scale.shape == w.shape[:2]  # one scale per 3 x 3 kernel
+        error = (state[key] - w).abs().flatten(2).amax(dim=-1)
+        assert (error <= scale / 2 * 1.01 + 1e-7).all(), key
+        assert state[key].isfinite().all() and not torch.equal(state[key], w)
+    assert (state[sorted(big)[0]][0, 0] == 0).all()
+    y = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        out, again = model(y)["x_hat"], load_model(tmp_path / "int8.safetensors")(y)["x_hat"]
+    assert 0 < (out - again).abs().max() < 0.01
