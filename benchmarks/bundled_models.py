@@ -2,7 +2,7 @@
 
     python benchmarks/bundled_models.py plan                 # every command, nothing run
     python benchmarks/bundled_models.py train gray           # stage 1, its heads, noisy set, student
-    python benchmarks/bundled_models.py bundle gray          # fp16 check, weights, card, index.json
+    python benchmarks/bundled_models.py bundle gray          # storage check, weights, card, index.json
 
 Every model trains on the clean training sets (train400, bsd432, div2k_val_crop256,
 sun_hays80) with synthetic noise; no test image is seen. Each step is skipped when
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -72,16 +73,36 @@ OPPONENT_FROM = {"color": "gray"}
 # (the colour student's validation PSNR was still rising, 0.04 dB over its last 3,400 steps); a new
 # seed gives it other patches and noise
 MORE = {"color": (50, "2.5e-4")}
-# Not bundled: the colour student grown to 4 layers per level (`distill --init color --depth 4`, the
-# new layers at the identity; lr 2e-4, seed 3, `--noisy-share 0`, 65 minutes in fp32 on a 2-core
-# Intel Xeon without bf16 instructions: 864 steps) gave 30.80 dB on all of CBSD68 at sigma 25, where
-# the bundled `color` gives 30.78, at the same median time per image (0.68 s; `dbsn -q evaluate --model
-# M --clean $DATASETS/cbsd68 --noise awgn:25`). Trained on from its own weights for 80 more minutes
-# (lr 2e-4, seed 4, 2,000 fp32 steps, same flags) it gave 30.80 again (30.798 against 30.797), and
-# the mean of the two runs' weights 30.798: at this size more steps no longer help. Grown wider from
-# that run (`--init` it, `--widths 64,128,256`, lr 2e-4, seed 5, 55 minutes, 986 fp32 steps, same
-# flags) it gave 30.821 at a median 1.06 s per image against 0.80 s. Still short of CBM3D (30.83);
-# bundling one means measuring every colour row again
+# students trained on after MORE, each run from the weights of the one before under a fresh cosine
+# schedule, every patch synthetic (`--noisy-share 0`, as the noisy ones weigh 0), in fp32 (the 2-core
+# Intel Xeon that trained them has no bf16 instructions; bf16 autocast ran a step 2.1x slower there):
+# name -> [(run suffix, minutes, lr, seed, flags changed from the run before)]. `--depth` grows the
+# student deeper (new layers at the identity), `--widths` wider (new channels with zero weights out,
+# see dbsn.nn.students.MWCNN), so each run begins as the model the one before ended with. On all of
+# CBSD68 at sigma 25 (`dbsn -q evaluate --model M --clean $DATASETS/cbsd68 --noise awgn:25`): `color`
+# 30.78 dB, deep 30.797, deep-more 30.798 (at 48,96,192 channels more steps had stopped helping; the
+# mean of the two runs' weights gave 30.798 too), wide 30.821, wide-more in its card
+GROWN = {"color": [
+    ("deep", 65, "2e-4", 3, {"--depth": "4", "--precision": "fp32", "--noisy-share": "0"}),
+    ("deep-more", 80, "2e-4", 4, {}),
+    ("wide", 55, "2e-4", 5, {"--widths": "64,128,256", "--val-every": "500", "--save-every": "100"}),
+    ("wide-more", 80, "2e-4", 6, {}),
+]}
+GROWN_HOW = {"--depth": "grown to {} layers per level, the new layers starting as the identity",
+             "--widths": "grown to widths {}, the new channels starting with zero weights out"}
+# steps that ran with other arguments than the recipe's, and why; the cards say so
+_BUNDLED_TEACHER = ("`color-stage1`, the bundled fp16 copy of the run `color-stage1r` (commit 6923d75), as that "
+                    "run folder was no longer on the machine that trained it")
+RAN_AS = {
+    "color-deep": ("--teacher color-stage1 --init color",
+                   _BUNDLED_TEACHER + "; and `color`, the bundled fp16 copy of `color-more` of that commit"),
+    **{f"color-{suffix}": ("--teacher color-stage1", _BUNDLED_TEACHER) for suffix in ("deep-more", "wide", "wide-more")},
+    "color-mg": ("--init color", "the bundled colour student of its day (commit abdd0cd), the fp16 copy of "
+                 "`color-more`"),
+}
+# weights of at least this many elements are stored in int8 when that costs at most 0.01 dB
+# (the 256-channel level of the colour student: 77 % of its weights)
+INT8_FROM = 2 ** 19
 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
@@ -98,16 +119,18 @@ RECIPES = {
 # run gives all its weights where the heads have the same shapes (HG and AWGN) and only its D-BSN
 # where they do not (MG's full covariance).
 FINE_TUNE = {"gray-hg": (None, "gray"), "color-hg": ("color-stage1", "color-more"),
-             "color-mg": ("color-stage1", "color")}
-# recipes whose FINE_TUNE sources are the bundled models by name (`--init color`), not run folders:
-# they need no earlier run on this machine, so they reproduce from a fresh checkout
-FROM_BUNDLED = {"color-mg"}
+             "color-mg": ("color-stage1", "color-more")}
+# FINE_TUNE sources that are the bundled models by name (`--init color-stage1`), not run folders: they
+# need no earlier run on this machine. The MG student started from the bundled `color` of its day
+# (commit abdd0cd), the fp16 copy of the run `color-more`; `color` has since grown (GROWN), so the
+# recipe names that run
+FROM_BUNDLED = {("color-mg", "color-stage1")}
 FINE_TUNE_LR = "5e-4"  # also for a colour student grown from a gray one (OPPONENT_FROM)
 
 
 def _init_source(name: str, source: str) -> str:
     """What ``--init`` gets for a FINE_TUNE source of recipe ``name``: a bundled name or a run's weights."""
-    return source if name in FROM_BUNDLED else str(RUNS / source / "model.safetensors")
+    return source if (name, source) in FROM_BUNDLED else str(RUNS / source / "model.safetensors")
 
 
 def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
@@ -149,6 +172,11 @@ def commands(name: str, datasets: Path) -> list[tuple[Path, list[str]]]:
         more = _replace(steps[-1][1], "--minutes", str(minutes))
         more = _replace(_replace(more, "--init", str(student / "model.safetensors")), "--lr", lr)
         steps.append((RUNS / f"{name}-more", _replace(more, "--seed", "1")))
+    for suffix, minutes, lr, seed, flags in GROWN.get(name, []):
+        grown = _replace(steps[-1][1], "--init", str(steps[-1][0] / "model.safetensors"))
+        for flag, value in {"--minutes": str(minutes), "--lr": lr, "--seed": str(seed), **flags}.items():
+            grown = _replace(grown, flag, value)
+        steps.append((RUNS / f"{name}-{suffix}", grown))
     return [(out, [*cmd, "-o", str(out)]) for out, cmd in steps]
 
 
@@ -183,12 +211,23 @@ def _psnr(model_path: Path, clean: Path, noise: str) -> float:
     return evaluate(dbsn.load(model_path, device="cpu"), clean, noise)["psnr"]
 
 
-def _save_model(src: Path, dst: Path, half: bool) -> None:
-    """The weights of ``src`` as ``dst`` (safetensors with their configuration), in fp16 or as trained."""
+# storages a bundled model may take, smallest first: int8 (weights of INT8_FROM elements or more,
+# the rest fp16), fp16, fp32
+STORAGES = ("int8", "fp16", "fp32")
+STORAGE_TEXT = {
+    "int8": (f"fp16 safetensors, except the weights of {INT8_FROM:,} elements or more: int8 with an fp16 scale "
+             "per kernel (`dbsn.train.save_weights(..., int8_from=...)`; read back to fp32 on loading)."),
+    "fp16": "fp16 safetensors.",
+    "fp32": "fp32 safetensors.",
+}
+
+
+def _save_model(src: Path, dst: Path, storage: str) -> None:
+    """The weights of ``src`` as ``dst`` (safetensors with their configuration) in one of STORAGES."""
     from dbsn.train.checkpoint import load_model, save_weights
 
     model = load_model(src)
-    save_weights(dst, model.half() if half else model)
+    save_weights(dst, model if storage == "fp32" else model.half(), int8_from=INT8_FROM if storage == "int8" else None)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -203,10 +242,12 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def bundle(name: str, datasets: Path, check_images: int) -> None:
-    """Copy a finished recipe's weights into the package (fp16 when that costs <= 0.01 dB) with their cards.
+    """Copy a finished recipe's weights into the package, with their cards, in the smallest storage
+    (STORAGES) whose PSNR on the check images is within 0.01 dB of the trained fp32 weights.
 
     A model whose tensors are already bundled keeps its file and the measured rows of its card
     (``paper_tables.py --cards``); a changed model drops them, as they no longer describe it.
+    A stage-1 model whose run folder is not on this machine stays as it is bundled.
     """
     import tempfile
 
@@ -223,14 +264,17 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
         src = run_dir / "model.safetensors"
         dst = WEIGHTS / f"{entry}.safetensors"
         card_path = WEIGHTS / f"{entry}.md"
+        if not src.is_file() and dst.is_file() and card_path.is_file():
+            print(f"{entry}: kept as bundled ({run_dir} is not on this machine)")
+            continue
         with tempfile.TemporaryDirectory(prefix="dbsn-bundle-") as scratch:
             candidate = Path(scratch) / dst.name
-            _save_model(src, candidate, half=True)
-            fp32, fp16 = _psnr(src, clean, check_noise), _psnr(candidate, clean, check_noise)
-            storage = "fp16"
-            if abs(fp32 - fp16) > 0.01:
-                storage = "fp32"
-                _save_model(src, candidate, half=False)
+            fp32 = _psnr(src, clean, check_noise)
+            for storage in STORAGES:
+                _save_model(src, candidate, storage)
+                stored = fp32 if storage == "fp32" else _psnr(candidate, clean, check_noise)
+                if abs(fp32 - stored) <= 0.01:
+                    break
             unchanged = _same_weights(candidate, dst)
             if not unchanged:
                 with atomic_path(dst) as tmp:
@@ -239,7 +283,7 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
         measured = "\n" + MEASURED + old_card.split(MEASURED, 1)[1] if MEASURED in old_card else ""
         summary = json.loads((run_dir / "run.json").read_text())
         card = _card(entry, stage, description, noise, stage1_steps if stage == "stage1" else steps, summary,
-                     storage, fp32, fp16, check_noise, check_images, channels)
+                     storage, fp32, stored, check_noise, check_images, channels)
         with atomic_path(card_path) as tmp:
             tmp.write_text(card + measured)
         index["models"][entry] = {
@@ -248,23 +292,54 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
             **({"teacher": f"{name}-stage1"} if stage == "student" else {}),
         }
         print(f"{entry}: {storage} ({dst.stat().st_size / 1e6:.1f} MB){', unchanged' if unchanged else ''}, PSNR on "
-              f"{check_images} {TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, fp16 {fp16:.3f}")
+              f"{check_images} {TEST_SET[channels]} images at {check_noise}: fp32 {fp32:.3f}, {storage} {stored:.3f}")
     if noise.startswith("awgn"):
         index["default"][str(channels)] = name
     with atomic_path(index_path) as tmp:
         tmp.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16, check_noise, n, channels):
+def _run_record(out: Path, action: str) -> tuple[int, float, str] | None:
+    """Steps, minutes and machine of the run ``out`` (``action``: train or distill): its run.json, or a card's.
+
+    The run folders do not outlive the machine that trained them; the cards of the bundled models
+    keep each step's count and time (`` `distill -o color`: 8383 steps, 70 min``) and the machine.
+    """
+    summary = out / "run.json"
+    if summary.is_file():
+        run_summary = json.loads(summary.read_text())
+        return run_summary["steps"], run_summary["elapsed_s"] / 60, machine()
+    step = re.compile(rf"`{action} -o {re.escape(out.name)}`: (\d+) steps, (\d+) min")
+    for card in sorted(WEIGHTS.glob("*.md")):
+        for line in card.read_text().splitlines():
+            found = step.search(line)
+            if found:  # the machine: the next "on ..." after the record, as _card writes it
+                on = re.search(r"[;,] on ([^;]+?)(?:;|\.?$)", line[found.end():])
+                return int(found[1]), float(found[2]), on[1] if on else "a machine the card does not name"
+    return None
+
+
+def _times(records: list[tuple[str, int, float, str]]) -> str:
+    """`` `train -o a`: 10 steps, 5 min; `distill -o b`: ... on MACHINE`` with each machine after its runs."""
+    parts, pending = [], []
+    for i, (label, steps, minutes, where) in enumerate(records):
+        pending.append(f"`{label}`: {steps} steps, {minutes:.0f} min")
+        if i + 1 == len(records) or records[i + 1][3] != where:
+            parts.append("; ".join(pending) + f", on {where}")
+            pending = []
+    return "; ".join(parts)
+
+
+def _card(entry, stage, description, noise, steps, summary, storage, fp32, stored, check_noise, n, channels):
     def show(c):
         return "    " + shlex.join(c).replace(str(DATASETS) + "/", "$DATASETS/").replace(str(ROOT) + "/", "")
 
     trained = [show(c) for _, c in steps]
-    times = []
+    records = []
     for out, cmd in steps:
-        if (out / "run.json").is_file():
-            run_summary = json.loads((out / "run.json").read_text())
-            times.append(f"`{cmd[2]} -o {out.name}`: {run_summary['steps']} steps, {run_summary['elapsed_s'] / 60:.0f} min")
+        record = _run_record(out, cmd[2]) if cmd[2] != "add-noise" else None
+        if record:
+            records.append((f"{cmd[2]} -o {out.name}", *record))
     kind = "gray" if channels == 1 else "colour"
     data = (f"the clean training sets {', '.join(TRAIN_SETS)} (`$DATASETS` is `shared/datasets`), as {kind}, "
             f"with synthetic noise `{noise}` drawn afresh for every patch")
@@ -282,28 +357,41 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, fp16,
             f"Stage 2 of DBSN: an MWCNN-style student distilled from the stage-1 model `{entry}-stage1`; "
             + ("the fast default model." if noise.startswith("awgn") else "the fast model for this noise."))
     if stage == "student" and entry in OPPONENT_FROM:
-        twin = json.loads((RUNS / OPPONENT_FROM[entry] / "run.json").read_text())
+        twin_steps, twin_minutes, _ = _run_record(RUNS / OPPONENT_FROM[entry], "distill")
         role += (f" It is one gray network applied to each channel of an orthonormal opponent colour space "
                  f"(luminance and two colour differences, as CBM3D does), reading the luminance beside each "
                  f"channel (`--colour opponent`); it started from the gray student `{OPPONENT_FROM[entry]}` "
-                 f"(`--init`; {twin['steps']} steps, {twin['elapsed_s'] / 60:.0f} min, see its card), so its "
+                 f"(`--init`; {twin_steps} steps, {twin_minutes:.0f} min, see its card), so its "
                  f"training includes that student's.")
     tuned_from = FINE_TUNE.get(entry.removesuffix("-stage1"), (None, None))[stage == "student"]
     if tuned_from:
         part = "Its D-BSN started from" if stage == "stage1" and noise == "mg" else "It was fine-tuned from"
         awgn = ("gray" if channels == 1 else "color") + ("-stage1" if stage == "stage1" else "")
-        if entry.removesuffix("-stage1") in FROM_BUNDLED:
+        if (entry.removesuffix("-stage1"), tuned_from) in FROM_BUNDLED:
             source = f"`--init {tuned_from}`, the bundled weights, lr {FINE_TUNE_LR}; see its card"
         else:
-            tuned = json.loads((RUNS / tuned_from / "run.json").read_text())
-            source = (f"`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that run: {tuned['steps']} steps, "
-                      f"{tuned['elapsed_s'] / 60:.0f} min, see `{awgn}`'s card")
+            tuned_steps, tuned_minutes, _ = _run_record(RUNS / tuned_from, "train" if stage == "stage1" else "distill")
+            source = (f"`--init` from its run `{tuned_from}`, lr {FINE_TUNE_LR}; that run: {tuned_steps} steps, "
+                      f"{tuned_minutes:.0f} min, see `{awgn}`'s card")
         role += f" {part} the AWGN model `{awgn}` ({source}), so its training includes that model's."
         if part.startswith("Its D-BSN"):
             role += " Its heads, for a full covariance, started from scratch."
     if stage == "student" and entry in MORE:
         role += (f" Its training then went on from its own weights for {MORE[entry][0]} minutes under a fresh "
                  f"cosine schedule from lr {MORE[entry][1]}, with a new seed (`-o {entry}-more`).")
+    if stage == "student" and entry in GROWN:
+        runs = []
+        for suffix, minutes, lr, _, flags in GROWN[entry]:
+            how = [GROWN_HOW[f].format(v) for f, v in flags.items() if f in GROWN_HOW]
+            runs.append(f"`-o {entry}-{suffix}`, {minutes} minutes from lr {lr}" + "".join(f", {h}" for h in how))
+        role += (" Then it trained on in fp32, every patch synthetic, each run from the weights of the one before "
+                 "under a fresh cosine schedule with a new seed: " + "; ".join(runs) + ".")
+    alike: dict[tuple[str, str], list[str]] = {}  # runs that ran alike share a line
+    for out, cmd in steps:
+        if out.name in RAN_AS:
+            alike.setdefault(RAN_AS[out.name], []).append(f"`{cmd[2]} -o {out.name}`")
+    ran_as = [f"{', '.join(runs[:-1]) + ' and ' if len(runs) > 1 else ''}{runs[-1]} ran with `{args}`: {why}."
+              for (args, why), runs in alike.items()]
     return f"""# {entry}
 
 {description}. {role}
@@ -313,14 +401,15 @@ With this package's own commands only (`python benchmarks/bundled_models.py trai
 {entry.removesuffix('-stage1')}` runs them):
 
 {chr(10).join(trained)}
-
+{"".join(chr(10) + line + chr(10) for line in ran_as)}
 - Data: {data}. No test image (BSD68, CBSD68, Set12, Set14) was seen.
-- Steps and wall time: {"; ".join(times)}; on {machine()}.
+- Steps and wall time: {_times(records)}.
 - Last validation ({where}): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
 
 ## Storage
-{storage} safetensors. On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB with
-the fp32 weights, {fp16:.3f} dB with fp16 weights (fp16 is kept when the change is at most 0.01 dB).
+{STORAGE_TEXT[storage]} On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB
+with the fp32 weights, {stored:.3f} dB as stored (the smallest of int8, fp16 and fp32 whose change is at most
+0.01 dB is kept).
 
 ## Results
 The paper's protocol (METHOD.md section 5): every test image gets noise from
