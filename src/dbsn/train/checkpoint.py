@@ -5,9 +5,9 @@ Two formats:
 - ``*.pt``: a training checkpoint (weights, optimizer, step, generator state and
   the run configuration), read back with ``torch.load(weights_only=True)``.
 - ``*.safetensors``: weights only, with the model configuration as JSON metadata.
-  No pickle; this is the format to share. Its weight tensors may be stored in 8 bits
-  (``save_weights(..., int8=True)``): each filter (output channel) as int8 times one
-  scale, which :func:`read_checkpoint` multiplies back.
+  No pickle; this is the format to share. Its larger weight tensors may be stored in 8
+  bits (``save_weights(..., int8_from=N)``): each kernel as int8 times one fp16 scale,
+  which :func:`read_checkpoint` multiplies back.
 
 Either one rebuilds its model with :func:`load_model` and nothing else.
 """
@@ -38,7 +38,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     return Path(path)
 
 
-INT8_SCALE = ".int8_scale"  # key suffix of the per-filter scales of a weight stored in 8 bits
+INT8_SCALE = ".int8_scale"  # key suffix of the per-kernel scales of a weight stored in 8 bits
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None,
