@@ -81,22 +81,24 @@ MORE = {"color": (50, "2.5e-4")}
 # see dbsn.nn.students.MWCNN), so each run begins as the model the one before ended with. On all of
 # CBSD68 at sigma 25 (`dbsn -q evaluate --model M --clean $DATASETS/cbsd68 --noise awgn:25`): `color`
 # 30.78 dB, deep 30.797, deep-more 30.798 (at 48,96,192 channels more steps had stopped helping; the
-# mean of the two runs' weights gave 30.798 too), wide 30.821, wide-more in its card
+# mean of the two runs' weights gave 30.798 too), wide 30.821, wide-more 30.832, wide-more2 in its card
 GROWN = {"color": [
     ("deep", 65, "2e-4", 3, {"--depth": "4", "--precision": "fp32", "--noisy-share": "0"}),
     ("deep-more", 80, "2e-4", 4, {}),
     ("wide", 55, "2e-4", 5, {"--widths": "64,128,256", "--val-every": "500", "--save-every": "100"}),
     ("wide-more", 80, "2e-4", 6, {}),
+    ("wide-more2", 70, "1e-4", 7, {"--ema": "0.995"}),
 ]}
 GROWN_HOW = {"--depth": "grown to {} layers per level, the new layers starting as the identity",
-             "--widths": "grown to widths {}, the new channels starting with zero weights out"}
+             "--widths": "grown to widths {}, the new channels starting with zero weights out",
+             "--ema": "its weights averaged over the steps with decay {}"}
 # steps that ran with other arguments than the recipe's, and why; the cards say so
 _BUNDLED_TEACHER = ("`color-stage1`, the bundled fp16 copy of the run `color-stage1r` (commit 6923d75), as that "
                     "run folder was no longer on the machine that trained it")
 RAN_AS = {
     "color-deep": ("--teacher color-stage1 --init color",
                    _BUNDLED_TEACHER + "; and `color`, the bundled fp16 copy of `color-more` of that commit"),
-    **{f"color-{suffix}": ("--teacher color-stage1", _BUNDLED_TEACHER) for suffix in ("deep-more", "wide", "wide-more")},
+    **{f"color-{suffix}": ("--teacher color-stage1", _BUNDLED_TEACHER) for suffix in ("deep-more", "wide", "wide-more", "wide-more2")},
     "color-mg": ("--init color", "the bundled colour student of its day (commit abdd0cd), the fp16 copy of "
                  "`color-more`"),
 }
