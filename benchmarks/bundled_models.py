@@ -91,7 +91,7 @@ GROWN = {"color": [
 ]}
 GROWN_HOW = {"--depth": "grown to {} layers per level, the new layers starting as the identity",
              "--widths": "grown to widths {}, the new channels starting with zero weights out",
-             "--ema": "its weights averaged over the steps with decay {}"}
+             "--ema": "validated and saved as the moving average of its weights (decay {})"}
 # steps that ran with other arguments than the recipe's, and why; the cards say so
 _BUNDLED_TEACHER = ("`color-stage1`, the bundled fp16 copy of the run `color-stage1r` (commit 6923d75), as that "
                     "run folder was no longer on the machine that trained it")
