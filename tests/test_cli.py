@@ -73,14 +73,17 @@ def test_denoise_skips_bad_files_keeps_bit_depth_and_never_overwrites(trained, t
     assert code == 1  # corrupt.png failed; the others were written
     assert "corrupt.png" in capsys.readouterr().err
     assert (out / "n0.png").is_file() and (out / "n0_std_n.tiff").is_file()
-    assert np.asarray(Image.open(out / "deep.png")).dtype in (np.uint16, np.int32)
+    # two inputs of one stem get distinct names, told apart by their extensions
+    assert np.asarray(Image.open(out / "deep_png.png")).dtype in (np.uint16, np.int32)
     assert np.asarray(Image.open(out / "n0.png")).dtype == np.uint8
-    assert tifffile.imread(out / "deep.tif").dtype == np.uint16
+    assert tifffile.imread(out / "deep_tif.tif").dtype == np.uint16
+    assert (out / "deep_png_std_n.tiff").is_file() and (out / "deep_tif_std_n.tiff").is_file()
     std = tifffile.imread(out / "n0_std_n.tiff")
     _, expected = dbsn.load(run / "checkpoint.pt").denoise(np.asarray(Image.open(noisy / "n0.png")), return_std_n=True)
     assert std.shape == (40, 40) and np.allclose(std, expected, rtol=1e-5)  # 0-255 units, not clipped to 1
-    # writing into the input folder would overwrite the inputs: refused, inputs intact
-    assert main(["-q", "denoise", "--model", str(run / "model.safetensors"), str(noisy), "-o", str(noisy)]) == 1
+    # writing into the input folder would overwrite the inputs: refused before any work, inputs intact
+    assert main(["-q", "denoise", "--model", str(run / "model.safetensors"), str(noisy), "-o", str(noisy)]) == 2
+    assert "would replace the input" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in noisy.iterdir()} == before
 
 
@@ -148,5 +151,5 @@ def test_add_noise_is_reproducible_unclipped_and_skips_bad_files(tmp_path, capsy
     assert y1.max() > 1.0
     assert abs(np.std(y1 - 250 / 255) * 255 - 25) < 2
     before = (tmp_path / "n1" / "a.tiff").read_bytes()
-    assert main([*args[:2], str(tmp_path / "n1"), *args[3:], "-o", str(tmp_path / "n1")]) == 1  # onto its input
+    assert main([*args[:2], str(tmp_path / "n1"), *args[3:], "-o", str(tmp_path / "n1")]) == 2  # onto its input
     assert (tmp_path / "n1" / "a.tiff").read_bytes() == before

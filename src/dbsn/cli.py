@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .data.io import MAX_PIXELS
 from .runtime import ENSEMBLES, PRECISIONS
 
 log = logging.getLogger("dbsn")
@@ -23,7 +25,46 @@ CACHE_HELP = ("keep the decoded training images in memory up to this many GB (de
               "memory); a larger set is decoded from its files on demand, which --workers hides")
 ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies of each image: that many "
                  "times slower, about 0.1 dB better with 8")
+MEMORY_HELP = "working memory for the model; larger images are denoised in tiles (e.g. 512M, 4G)"
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type: a finite ``kind`` (int or float) in [low, high] (``low_open``: above ``low``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or ('an integer' if kind is int else 'a number')}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            bounds = (f"above {low}" if low_open else f"at least {low}") if low is not None else ""
+            if high is not None:
+                bounds = f"{bounds} and at most {high}" if bounds else f"at most {high}"
+            raise argparse.ArgumentTypeError(f"expected {what or 'a value'} {bounds}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what="an integer")
+NON_NEGATIVE_INT = _number(int, 0, what="an integer")
+POSITIVE = _number(float, 0, low_open=True, what="a number")
+NON_NEGATIVE = _number(float, 0, what="a number")
+FRACTION = _number(float, 0, 1, what="a number")
+
+
+def _memory(text: str) -> str:
+    from .tiling import parse_memory
+
+    try:
+        parse_memory(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _budget(parser: argparse.ArgumentParser) -> None:
@@ -127,22 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clean", required=True, help="folder of clean test images")
     e.add_argument("--noise", required=True, help="noise spec, e.g. awgn:25 or hg:40,10")
     e.add_argument("--json", help="write the results to this JSON file")
-    e.add_argument("--gamma", type=float, default=1.0, help="factor on the noise covariance in the fusion")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--channels", type=int, choices=(1, 3),
+                   help="convert every clean image to gray (1) or colour (3) first; without it, an image whose "
+                        "channels differ from the model's is skipped and reported")
+    e.add_argument("--gamma", type=POSITIVE, default=1.0, help="factor on the noise covariance in the fusion")
+    e.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the network")
     e.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
+    e.add_argument("--max-memory", type=_memory, default="1G", help=MEMORY_HELP)
     e.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
     d = sub.add_parser("denoise", help="denoise image files (PNG, JPEG, TIFF; 8 or 16 bits)")
     d.add_argument("inputs", nargs="+", help="image files or folders")
     d.add_argument("-o", "--out", required=True, help="output folder (never an input file)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace files already in the output folder (earlier outputs); an input is never replaced")
     d.add_argument("--model", help="checkpoint, weights or bundled name (default: the bundled default "
                                    "for each image's channels; see `dbsn list`)")
     d.add_argument("--noise-map", action="store_true", help="also write <name>_std_n.tiff (0-255 units)")
     d.add_argument("--reference", help="folder of clean images with the same names: print PSNR")
-    d.add_argument("--gamma", type=float, default=1.0)
-    d.add_argument("--max-memory", default="1G",
-                   help="working memory for the model; larger images are denoised in tiles (e.g. 512M, 4G)")
+    d.add_argument("--gamma", type=POSITIVE, default=1.0, help="factor on the noise covariance in the fusion")
+    d.add_argument("--max-memory", type=_memory, default="1G", help=MEMORY_HELP)
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
     d.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast for the network (faster on CPUs with bf16 support)")
@@ -156,16 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a student to ONNX, checked against onnxruntime")
     x.add_argument("--model", required=True, help="student checkpoint, weights or bundled name")
     x.add_argument("--format", choices=("onnx",), default="onnx")
-    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--opset", type=POSITIVE_INT, default=18)
     x.add_argument("-o", "--out", required=True, help="output file, e.g. student.onnx")
 
     a = sub.add_parser("add-noise", help="write noisy versions of clean images (float TIFF, unclipped): "
                                          "synthetic training or test data")
     a.add_argument("inputs", nargs="+", help="image files or folders")
     a.add_argument("-o", "--out", required=True, help="output folder (never an input file)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace files already in the output folder (earlier outputs); an input is never replaced")
     a.add_argument("--noise", required=True, help="noise spec: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg")
-    a.add_argument("--seed", type=int, default=0, help="image i of the sorted inputs draws from seed + i")
+    a.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="image i of the sorted inputs draws from seed + i")
     a.add_argument("--channels", type=int, choices=(1, 3), help="force gray (1) or colour (3)")
+    for reader in (sub.choices[name] for name in ("train", "distill", "evaluate", "denoise", "add-noise")):
+        reader.add_argument("--max-pixels", type=POSITIVE_INT,
+                            help=f"the most pixels one image file may hold, all planes of a stack together, "
+                                 f"checked before decoding (default {MAX_PIXELS:,})")
     sub.add_parser("models", help="list the registered architectures (for --model in train and --student)")
     sub.add_parser("list", help="list the bundled pretrained models (for --model in denoise and evaluate)")
     return parser
@@ -258,8 +310,9 @@ def cmd_evaluate(args) -> int:
     from .inference import evaluate, format_table, load
 
     denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device,
-                    ensemble=args.ensemble)
-    result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet)
+                    ensemble=args.ensemble, max_memory=args.max_memory)
+    result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet,
+                      channels=args.channels)
     print(format_table(result))
     if args.json:
         with atomic_path(args.json) as tmp:
@@ -278,8 +331,14 @@ def _reference_psnr(written: list[Path], reference: str) -> list[tuple[str, floa
         matches = [p for p in ref_dir.glob(out.stem + ".*")]
         if not matches or out.name.endswith("_std_n.tiff"):
             continue
-        x_hat, _ = read_image(out)
-        x, _ = read_image(matches[0], channels=x_hat.shape[0])
+        try:
+            x_hat, _ = read_image(out)
+            x, _ = read_image(matches[0], channels=x_hat.shape[0])
+            if x.shape != x_hat.shape:
+                raise ValueError(f"its size {x.shape[1:]} differs from the output's {x_hat.shape[1:]}")
+        except ValueError as err:  # a stack, or a reference that does not match: no score, said once
+            log.warning("no PSNR for %s against %s: %s", out.name, matches[0], err)
+            continue
         scores.append((out.name, psnr(torch.from_numpy(x_hat), torch.from_numpy(x))))
     return scores
 
@@ -296,7 +355,8 @@ def cmd_denoise(args) -> int:
     else:
         denoiser = load(args.model, gamma=args.gamma, max_memory=args.max_memory, precision=args.precision,
                         device=args.device, ensemble=args.ensemble)
-    result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet)
+    result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet,
+                           overwrite=args.overwrite)
     for path in result.written:
         print(f"wrote {path}")
     if args.reference:
@@ -320,7 +380,8 @@ def _report_failures(result) -> int:
 def cmd_add_noise(args) -> int:
     from .inference import add_noise_files
 
-    result = add_noise_files(args.inputs, args.out, args.noise, seed=args.seed, channels=args.channels)
+    result = add_noise_files(args.inputs, args.out, args.noise, seed=args.seed, channels=args.channels,
+                             overwrite=args.overwrite)
     print(f"wrote {len(result.written)} noisy images to {args.out}")
     return _report_failures(result)
 
@@ -382,14 +443,29 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("dbsn: %(levelname)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    if getattr(args, "max_pixels", None) is not None:
+        from .data import io
+
+        io.MAX_PIXELS = args.max_pixels  # one budget for every decoder of this command, worker processes too
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"dbsn {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as err:  # FileNotFoundError, FileExistsError, PermissionError
+        print(f"dbsn {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"dbsn {args.command}: error: out of memory; lower --max-memory, --batch-size or --patch-size",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dbsn: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .data import seeded_generator
-from .data.io import ImageReadError, list_images, output_suffix, read_image, write_image
+from .data.io import (IMAGE_SUFFIXES, ImageReadError, list_images, noise_map_layout, output_suffix, read_image,
+                      read_planes, remove_stale_temporaries, same_file, write_image)
 from .metrics import psnr, ssim
 from .nn.registry import model_kind
 from .nn.stage1 import std_n_map
@@ -71,6 +72,9 @@ class Denoiser:
         """
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(f"expected a tensor (B, {self.channels}, H, W), got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError(f"the image holds {int((~torch.isfinite(y)).sum())} NaN or infinite pixels; "
+                             "replace them before denoising")
         with torch.inference_mode():
             y = y.to(self.device, torch.float32)
             out = {}
@@ -78,7 +82,11 @@ class Denoiser:
                 for k, v in self._one_pass(_transform(y, turns, flip)).items():
                     v = _untransform(v, turns, flip) if v.dim() >= 4 else v
                     out[k] = out[k] + v if k in out else v
-        return {k: (v / self.ensemble).cpu() for k, v in out.items()}
+        out = {k: (v / self.ensemble).cpu() for k, v in out.items()}
+        if not torch.isfinite(out["x_hat"]).all():  # never hand on (or write) a wrong image
+            raise FloatingPointError("the model gave NaN or infinite values on this image; its weights may be "
+                                     "broken (retrain, or try --precision fp32)")
+        return out
 
     def _one_pass(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's outputs on ``y`` (``x_hat`` clamped), tile by tile when it exceeds the memory budget."""
@@ -193,15 +201,100 @@ class FileResult:
 
 
 def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the images inside given folders; raises if nothing exists."""
+    """Files as given, and the images inside given folders; raises if that is no file at all."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths.extend(list_images(p))
+            found = list_images(p)
+            if not found:
+                log.warning("no images in %s (looked for %s files)", p, ", ".join(IMAGE_SUFFIXES))
+            paths.extend(found)
         else:
             paths.append(p)
+    if not paths:
+        raise ValueError(f"no images in {', '.join(repr(str(i)) for i in inputs)} "
+                         f"(looked for {', '.join(IMAGE_SUFFIXES)} files); give image files or folders holding them")
     return paths
+
+
+def output_names(paths: list[Path], suffix_of=output_suffix) -> list[str]:
+    """The output file name of each input: its stem and :func:`output_suffix`, made distinct.
+
+    Inputs whose stems clash (compared case-folded, as macOS and Windows do; the stem, so that
+    their noise maps do not clash either) are told apart by what differs among them: ``pic_png.png`` and ``pic_jpg.png`` for ``pic.png`` and
+    ``pic.jpg``; ``a_x.png`` and ``b_x.png`` for ``a/x.png`` and ``b/x.png``; else ``x_1.png``,
+    ``x_2.png``, ... in the order given.
+    """
+    names = [p.stem + suffix_of(p) for p in paths]
+    for _ in range(len(paths) + 1):
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(Path(name).stem.casefold(), []).append(i)
+        clashes = [members for members in groups.values() if len(members) > 1]
+        if not clashes:
+            return names
+        for members in clashes:
+            stems = [Path(names[i]).stem for i in members]
+            exts = [paths[i].suffix.lower().lstrip(".") for i in members]
+            parents = [paths[i].resolve().parent.name for i in members]
+            if len({e.casefold() for e in exts}) == len(members):
+                tags = [f"{stem}_{ext}" for stem, ext in zip(stems, exts)]
+            elif len({d.casefold() for d in parents}) == len(members) and all(parents):
+                tags = [f"{parent}_{stem}" for parent, stem in zip(parents, stems)]
+            else:
+                tags = [f"{stem}_{k}" for k, stem in enumerate(stems, 1)]
+            for i, tag in zip(members, tags):
+                names[i] = tag + Path(names[i]).suffix
+    raise AssertionError("output names did not become distinct")  # each round makes every clash distinct
+
+
+@dataclass
+class Target:
+    """Where the results of one input go."""
+
+    source: Path
+    image: Path
+    noise_map: Path | None = None
+
+
+def plan_outputs(paths: list[Path], out_dir: str | os.PathLike, noise_map: bool = False, overwrite: bool = False,
+                 suffix_of=output_suffix) -> list[Target]:
+    """Every output path of a call, decided and checked before any work.
+
+    Raises:
+        FileExistsError: when an output would land on an input (never allowed), on a file that
+            exists (unless ``overwrite``), or on another output of the same call; or when
+            ``out_dir`` is a file. Nothing has been written then.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"-o {out_dir} is an existing file; expected an output folder (new or existing)")
+    names = output_names(paths, suffix_of)
+    targets = [Target(p, out_dir / name, out_dir / (Path(name).stem + "_std_n.tiff") if noise_map else None)
+               for p, name in zip(paths, names)]
+    outputs = [t for target in targets for t in (target.image, target.noise_map) if t is not None]
+    seen: dict[str, Path] = {}
+    for out in outputs:
+        if out.name.casefold() in seen:
+            raise FileExistsError(f"two outputs of this call would both be {out} (and {seen[out.name.casefold()]}); "
+                                  "rename one of the inputs or denoise them in two calls")
+        seen[out.name.casefold()] = out
+    existing_inputs = [p for p in paths if p.exists()]
+    on_input = [(out, p) for out in outputs for p in existing_inputs if same_file(out, p)]
+    if on_input:
+        out, p = on_input[0]
+        raise FileExistsError(f"the output {out} would replace the input {p}; choose another output folder "
+                              "(an input is never overwritten, even with --overwrite)")
+    occupied = [out for out in outputs if out.exists() or out.is_symlink()]
+    if occupied and (not overwrite or any(not out.is_file() or out.is_symlink() for out in occupied)):
+        more = f" and {len(occupied) - 1} more" if len(occupied) > 1 else ""
+        fix = ("it is not a plain file; remove it or choose another -o" if overwrite else
+               "pass --overwrite to replace earlier outputs, or choose another -o")
+        raise FileExistsError(f"the output {occupied[0]}{more} already exists; {fix}")
+    for out in outputs:  # what a killed run of the same call left half-written
+        remove_stale_temporaries(out)
+    return targets
 
 
 class DefaultDenoisers:
@@ -218,19 +311,32 @@ class DefaultDenoisers:
         return self._loaded[channels]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says that memory ran out (the CPU allocator, CUDA, or Python's own)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+
+
 def denoise_files(
     denoiser: Denoiser | DefaultDenoisers | None,
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     noise_map: bool = False,
     progress_bar: bool = False,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
 ) -> FileResult:
-    """Denoise image files into ``out_dir``, keeping each file's bit depth.
+    """Denoise image files into ``out_dir``, keeping what each file had (see :mod:`dbsn.data.io`).
 
     ``denoiser=None`` picks, for each file, the bundled default model that matches its
     channels (gray or colour); with ``noise_map``, the stage-1 model behind that default.
-    A file that cannot be read or denoised is logged and skipped; the others go on.
-    An output that would land on an input file is refused: inputs are never overwritten.
+    Every plane of a TIFF stack is denoised and the stack is written back with its axes.
+
+    Every output path is decided and checked first (:func:`plan_outputs`): an output never
+    replaces an input, nor a file this call did not write unless ``overwrite``. A file that
+    cannot be read or denoised is logged and skipped; the others go on.
     With ``noise_map``, ``<name>_std_n.tiff`` holds the estimated noise std (0-255 units, float32).
     """
     from tqdm import tqdm
@@ -243,38 +349,40 @@ def denoise_files(
         model_for = lambda channels: denoiser  # noqa: E731
     else:
         model_for = denoiser
-    paths = collect_inputs(inputs)
-    out_dir = Path(out_dir)
-    input_set = {p.resolve() for p in paths if p.exists()}
+    targets = plan_outputs(collect_inputs(inputs), out_dir, noise_map=noise_map, overwrite=overwrite)
     result = FileResult()
-    for path in tqdm(paths, disable=not progress_bar, unit="img"):
+    for target in tqdm(targets, disable=not progress_bar, unit="img"):
+        path = target.source
         try:
-            y, info = read_image(path)
-            target = out_dir / (path.stem + output_suffix(path, info.bits))
-            std_target = out_dir / (path.stem + "_std_n.tiff")
-            for t in (target, std_target) if noise_map else (target,):
-                _refuse_overwrite(path, t, input_set)
-            model = model_for(y.shape[0])
+            planes, info = read_planes(path, max_pixels=max_pixels)
+            model = model_for(planes.shape[1])
             if noise_map and not model.is_blind_spot:
                 raise ValueError(f"{path}: --noise-map needs a stage-1 model (it carries the noise estimator)")
-            chw = _match_channels(y, model.channels, str(path))
-            out = model.predict(torch.from_numpy(chw)[None])
-            x_hat = out["x_hat"][0].numpy()
-            if x_hat.shape[0] != y.shape[0]:
-                x_hat = np.repeat(x_hat, y.shape[0], axis=0)
-            result.written.append(write_image(target, x_hat, bits=info.bits, alpha=info.alpha))
+            x_hat, std_n = [], []
+            for plane in planes:
+                chw = _match_channels(plane, model.channels, str(path))
+                out = model.predict(torch.from_numpy(chw)[None])
+                x = out["x_hat"][0].numpy()
+                x_hat.append(np.repeat(x, plane.shape[0], axis=0) if x.shape[0] != plane.shape[0] else x)
+                if noise_map:
+                    std_n.append(std_n_map(out).numpy())
+            result.written.append(write_image(target.image, np.stack(x_hat), like=info))
             if noise_map:
-                write_image(std_target, std_n_map(out).numpy(), bits=32)
-                result.written.append(std_target)
-        except (ImageReadError, ValueError, OSError, RuntimeError, LookupError) as err:
-            log.error("skipped: %s", err)
-            result.failed.append((path, str(err)))
+                write_image(target.noise_map, np.stack(std_n), like=noise_map_layout(info))
+                result.written.append(target.noise_map)
+        except Exception as err:  # noqa: BLE001  one bad file must not end a batch; each is reported
+            if is_out_of_memory(err):
+                budget = (denoiser.max_memory if isinstance(denoiser, Denoiser)
+                          else parse_memory(denoiser.load_options.get("max_memory", DEFAULT_MAX_MEMORY)))
+                message = (f"{path}: out of memory while denoising it; lower --max-memory (now "
+                           f"{budget / 2**30:.3g}G) so that it goes through the model in smaller tiles")
+            elif isinstance(err, (ImageReadError, ValueError, OSError, RuntimeError, LookupError)):
+                message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            else:
+                raise
+            log.error("skipped: %s", message)
+            result.failed.append((path, message))
     return result
-
-
-def _refuse_overwrite(path: Path, target: Path, input_set: set[Path]) -> None:
-    if target.resolve() in input_set:
-        raise ValueError(f"{path}: the output {target} would overwrite an input; choose another output folder")
 
 
 def add_noise_files(
@@ -283,28 +391,26 @@ def add_noise_files(
     noise_spec: str,
     seed: int = 0,
     channels: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
 ) -> FileResult:
     """Write a noisy version of each image to ``out_dir`` as float32 TIFF, neither clipped nor quantised.
 
     Image ``i`` (in sorted order) draws its noise from a generator seeded with ``seed + i``,
     so a folder is reproducible as a whole. Unreadable files are logged and skipped;
-    inputs are never overwritten.
+    outputs are checked as :func:`denoise_files` does (inputs are never overwritten).
     """
     noise = parse_noise(noise_spec)
-    paths = collect_inputs(inputs)
-    out_dir = Path(out_dir)
-    input_set = {p.resolve() for p in paths if p.exists()}
+    targets = plan_outputs(collect_inputs(inputs), out_dir, overwrite=overwrite, suffix_of=lambda p: ".tiff")
     result = FileResult()
-    for i, path in enumerate(paths):
+    for i, target in enumerate(targets):
         try:
-            x, _ = read_image(path, channels=channels)
-            target = out_dir / (path.stem + ".tiff")
-            _refuse_overwrite(path, target, input_set)
+            x, _ = read_image(target.source, channels=channels, max_pixels=max_pixels)
             y = noise.add(torch.from_numpy(x), seeded_generator(seed + i))
-            result.written.append(write_image(target, y.numpy(), bits=32))
+            result.written.append(write_image(target.image, y.numpy(), bits=32))
         except (ImageReadError, ValueError, OSError) as err:
             log.error("skipped: %s", err)
-            result.failed.append((path, str(err)))
+            result.failed.append((target.source, str(err)))
     return result
 
 
@@ -314,8 +420,13 @@ def evaluate(
     noise_spec: str,
     seed: int = 0,
     progress_bar: bool = False,
+    channels: int | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """The paper's evaluation protocol (METHOD.md section 5) on a folder of clean images.
+
+    An image whose channels differ from the model's is skipped and reported, as
+    :func:`denoise_files` does, unless ``channels`` (1 or 3) asks to convert every image.
 
     For every image: ``numpy.random.seed(seed)``, noise added to the float32 image,
     the noisy image neither clipped nor quantised, the output clamped to [0, 1], and
@@ -332,12 +443,12 @@ def evaluate(
     rows, skipped = [], []
     for path in tqdm(paths, disable=not progress_bar, unit="img"):
         try:
-            x, _ = read_image(path, channels=denoiser.channels)
-        except ImageReadError as err:
+            x, _ = read_image(path, channels=channels, max_pixels=max_pixels)
+            x = torch.from_numpy(_match_channels(x, denoiser.channels, str(path)))
+        except ValueError as err:  # ImageReadError too
             log.error("skipped: %s", err)
             skipped.append(str(path))
             continue
-        x = torch.from_numpy(x)
         y = noise.add_protocol(x, seed=seed)
         start = time.perf_counter()
         out = denoiser.predict(y[None])

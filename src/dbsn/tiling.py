@@ -61,7 +61,7 @@ def parse_memory(text: str | int | float) -> int:
         scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
         try:
             value = int(float(s[:-1] if scale != 1 else s) * scale)
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf"
             raise ValueError(f"memory must look like 512M or 2G, got {text!r}") from None
     if value <= 0:
         raise ValueError(f"memory must be positive, got {text!r}")

@@ -82,17 +82,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as err:  # the reader raises its own types for truncated or foreign files
+            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
+                             "it may be truncated: download or copy it again") from None
         for key in [k for k in state if k.endswith(INT8_SCALE)]:
             scale = state.pop(key)
             weight = key.removesuffix(INT8_SCALE)
             state[weight] = state[weight].float() * _expand(scale.float(), state[weight])
         if "config" not in meta:
             raise ValueError(f"{path}: no model configuration in its metadata; was it written by dbsn?")
-        extra = {k: json.loads(v) for k, v in meta.items() if k not in ("config", "format")}
-        return {"config": json.loads(meta["config"]), "model": state, **extra}
+        try:
+            extra = {k: json.loads(v) for k, v in meta.items() if k not in ("config", "format")}
+            config = json.loads(meta["config"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: its metadata is not valid JSON ({err}); was it written by dbsn?") from None
+        return {"config": config, "model": state, **extra}
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -102,16 +110,38 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def model_from_payload(payload: dict) -> nn.Module:
-    config = dict(payload["config"])
-    model = create_model(config.pop("name"), **config)
-    model.load_state_dict(payload["model"])
+def model_from_payload(payload: dict, source: str | os.PathLike = "the checkpoint") -> nn.Module:
+    """The model a payload of :func:`read_checkpoint` describes, with its weights.
+
+    Raises:
+        ValueError: naming ``source``, when the configuration names no registered model or
+            settings it does not take, the weights do not fit it, or a weight is NaN or infinite.
+    """
+    config = dict(payload["config"]) if isinstance(payload.get("config"), dict) else None
+    if config is None or not isinstance(config.get("name"), str):
+        raise ValueError(f"{source}: its configuration names no model; was it written by dbsn?")
+    name = config.pop("name")
+    try:
+        model = create_model(name, **config)
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"{source}: its configuration does not build a model ({name!r}: {err}); it may come from "
+                         "another version of dbsn") from None
+    state = payload["model"]
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or infinite values (the first {bad[0]!r}); "
+                         "the training diverged or the file is damaged: use an earlier checkpoint or retrain")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = " ".join(str(err).strip().splitlines()[:2])
+        raise ValueError(f"{source}: its weights do not fit a {name!r} with its stored settings ({first})") from None
     return model
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model from a checkpoint or safetensors file, in eval mode on the CPU."""
-    return model_from_payload(read_checkpoint(path)).eval()
+    return model_from_payload(read_checkpoint(path), path).eval()
 
 
 def init_weights(model: nn.Module, source: str) -> None:
