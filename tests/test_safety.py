@@ -202,3 +202,44 @@ def test_broken_weights_files_are_one_line_errors(model_file, tmp_path, capsys, 
     assert _denoise(bad, tmp_path / "in", "-o", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.safetensors" in err and "Traceback" not in err
+
+
+def test_out_of_memory_on_one_image_names_it_and_the_batch_goes_on(model_file, tmp_path, capsys, monkeypatch):
+    from dbsn.inference import Denoiser
+
+    _png(tmp_path / "in" / "a.png", 50)
+    _png(tmp_path / "in" / "huge.png", 60, size=(30, 31))
+    _png(tmp_path / "in" / "z.png", 70)
+    real = Denoiser.predict
+
+    def predict(self, y):
+        if y.shape[-2:] == (30, 31):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return real(self, y)
+
+    monkeypatch.setattr(Denoiser, "predict", predict)
+    assert _denoise(model_file, tmp_path / "in", "-o", tmp_path / "out", "--max-memory", "512M") == 1
+    err = capsys.readouterr().err
+    assert "huge.png: out of memory" in err and "--max-memory (now 0.5G)" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "z.png"]
+
+
+def test_a_stack_is_denoised_plane_by_plane_and_written_back_with_its_axes(model_file, tmp_path):
+    import dbsn
+
+    rng = np.random.default_rng(0)
+    stack = (rng.random((2, 3, 12, 13)) * 60000).astype(np.uint16)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "cells.tif", stack, imagej=True,
+                     metadata={"axes": "TZYX", "spacing": 0.3, "unit": "um"}, resolution=(4.0, 4.0))
+    assert _denoise(model_file, tmp_path / "in", "--noise-map", "-o", tmp_path / "out") == 0
+    denoiser = dbsn.load(model_file)
+    with tifffile.TiffFile(tmp_path / "out" / "cells.tif") as out:
+        assert out.series[0].axes == "TZYX" and out.series[0].shape == stack.shape
+        assert out.imagej_metadata["spacing"] == 0.3 and out.pages[0].tags["XResolution"].value == (4, 1)
+        result = out.asarray()
+    assert result.dtype == np.uint16
+    for t, z in [(0, 0), (1, 2)]:  # each plane is the 2-D denoiser's result on that plane
+        assert np.array_equal(result[t, z], denoiser.denoise(stack[t, z]))
+    with tifffile.TiffFile(tmp_path / "out" / "cells_std_n.tiff") as noise_map:
+        assert noise_map.series[0].axes == "TZYX" and noise_map.series[0].dtype == np.float32
