@@ -153,3 +153,124 @@ def test_add_noise_is_reproducible_unclipped_and_skips_bad_files(tmp_path, capsy
     before = (tmp_path / "n1" / "a.tiff").read_bytes()
     assert main([*args[:2], str(tmp_path / "n1"), *args[3:], "-o", str(tmp_path / "n1")]) == 2  # onto its input
     assert (tmp_path / "n1" / "a.tiff").read_bytes() == before
+
+
+def _exit_code(argv) -> int:
+    """``main``'s exit code, also where argparse refuses a value (it raises SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as err:
+        return err.code
+
+
+def _hashes(root):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+
+def test_a_used_run_folder_is_refused_unless_overwrite_and_a_finished_run_is_not_resumed(tmp_path, capsys):
+    from .conftest import write_noisy_pngs
+
+    noisy = tmp_path / "noisy"
+    write_noisy_pngs(noisy)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,phase,loss\n1,mu,0.5\n")  # another run's log, alone
+    (run / "notes.txt").write_text("mine")
+    args = ["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--noise-model", "awgn", "--steps", "3",
+            "--patch-size", "16", "--batch-size", "2", "--device", "cpu", "-o", str(run)]
+    assert _exit_code(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run (log.csv)" in err and "--overwrite" in err and "\n" not in err
+    assert (run / "log.csv").read_text() == "step,phase,loss\n1,mu,0.5\n"
+    assert _exit_code([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,phase,loss,lr") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files were replaced
+
+    before = _hashes(run)
+    for resume in (["--resume"], ["--resume", "--steps", "3"], ["--resume", "--steps", "2"]):
+        assert _exit_code(["-q", "train", *resume, "-o", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"run {run} is finished: 3 of" in err and "give a larger --steps or --minutes" in err
+        assert "\n" not in err
+        assert _hashes(run) == before  # nothing changed, run.json's last validation included
+    assert _exit_code(["-q", "train", "--resume", "--overwrite", "-o", str(run)]) == 2
+    assert _exit_code(["-q", "distill", "--resume", "-o", str(run)]) == 2  # a stage-1 run: not distill's
+    assert "does not take" in capsys.readouterr().err
+    assert _hashes(run) == before
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+@pytest.mark.parametrize("option,value,message", [
+    ("--val-every", "0", "--val-every: expected an integer at least 1"),
+    ("--save-every", "0", "--save-every: expected an integer at least 1"),
+    ("--save-every", "-1", "--save-every: expected an integer at least 1"),
+    ("--steps", "0", "--steps: expected an integer at least 1"),
+    ("--minutes", "inf", "--minutes: expected a finite number"),
+    ("--minutes", "nan", "--minutes: expected a finite number"),
+    ("--patch-size", "100000", "--patch-size: expected a patch size at least 8 and at most 1024"),
+    ("--patch-size", "4", "--patch-size: expected a patch size at least 8"),
+    ("--batch-size", "0", "--batch-size: expected an integer at least 1"),
+    ("--lr", "nan", "--lr: expected a finite number"),
+    ("--ema", "1", "--ema: expected a number at least 0 and below 1"),
+    ("--workers", "-1", "--workers: expected an integer at least 0"),
+    ("--cache-gb", "inf", "--cache-gb: expected a finite number"),
+    ("--seed", "-1", "--seed: expected an integer at least 0"),
+])
+def test_training_options_out_of_range_exit_2(tmp_path, capsys, command, option, value, message):
+    base = {"train": ["train", "--noisy", str(tmp_path), "--steps", "1"],
+            "distill": ["distill", "--teacher", "t", "--noisy", str(tmp_path), "--clean", str(tmp_path)]}[command]
+    if option in ("--steps", "--minutes"):
+        base = [a for a in base if a not in ("--steps", "1")]
+    assert _exit_code(["-q", *base, option, value, "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]  # argparse: the usage, then one line that says what is wrong
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--phase-split", "nan,1,1"], "--phase-split takes 3 comma-separated finite numbers"),
+    (["train", "--phase-split", "1,inf,1"], "--phase-split takes 3 comma-separated finite numbers"),
+    (["train", "--trace-weight", "2"], "--trace-weight: expected a number at least 0 and at most 1"),
+    (["train", "--val-fraction", "1"], "--val-fraction: expected a number at least 0 and below 1"),
+    (["train", "--heads-cache-gb", "-1"], "--heads-cache-gb: expected a number at least 0"),
+    (["train", "--lr-heads", "-0.1"], "--lr-heads: expected a number at least 0"),
+    (["train", "--width", "0"], "--width: expected an integer at least 1"),
+    (["train", "--blocks", "-2"], "--blocks: expected an integer at least 1"),
+    (["distill", "--u-range", "nan,1"], "--u-range takes 2 comma-separated finite numbers"),
+    (["distill", "--widths", "8,0,16"], "--widths takes whole numbers of at least 1"),
+    (["distill", "--widths", "8,inf"], "--widths takes some comma-separated finite numbers"),
+    (["distill", "--noisy-share", "1.5"], "--noisy-share: expected a number at least 0 and at most 1"),
+    (["distill", "--weight-clean", "-1"], "--weight-clean: expected a number at least 0"),
+    (["distill", "--depth", "0"], "--depth: expected an integer at least 1"),
+])
+def test_more_training_options_out_of_range_exit_2(tmp_path, capsys, args, message):
+    data = (["--noisy", str(tmp_path)] if args[0] == "train"
+            else ["--teacher", "t", "--noisy", str(tmp_path), "--clean", str(tmp_path)])
+    assert _exit_code(["-q", *args, *data, "--steps", "1", "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_training_data_that_cannot_give_patches_exits_2(tmp_path, capsys):
+    from .conftest import write_noisy_pngs
+
+    tiny, gray = tmp_path / "tiny", tmp_path / "gray"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tiny / "dot.png")
+    write_noisy_pngs(gray, n=2)
+    cases = [
+        (["--clean", str(tiny), "--noise", "awgn:25"], "no image of at least 8 x 8 pixels"),
+        (["--clean", str(gray), "--noise", "mg"], "--noise mg needs colour images"),
+        (["--noisy", str(gray), "--noise-model", "mg"], "--noise-model mg needs colour images"),
+        (["--noisy", str(gray), "--patch-size", "96"], "(40 pixels); give --patch-size 80 or less"),
+    ]
+    for data, message in cases:
+        assert main(["-q", "train", *data, "--steps", "1", "-o", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("dbsn train: error:"), err
+        assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

@@ -192,3 +192,17 @@ def test_cli_distills_an_opponent_colour_student_from_a_gray_one(tmp_path):
     want = dbsn.create_model("unet_small", in_channels=3, widths=[8, 16, 32], colour="opponent")
     init_weights(want, str(tmp_path / "gray.safetensors"))
     assert all(torch.equal(a, b) for a, b in zip(want.state_dict().values(), student.state_dict().values()))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(val_every=0), dict(save_every=-1), dict(steps=None, minutes=math.inf), dict(patch_size=100000),
+    dict(batch_size=0), dict(lr=math.nan), dict(seed=-1), dict(noisy_share=math.nan),
+    dict(weight_noisy=math.nan), dict(weight_clean=-1.0), dict(u_range=(math.nan, 1.0)),
+    dict(u_range=(0.9, math.inf)), dict(cache_gb=math.inf), dict(workers=-1),
+])
+def test_distill_options_refuse_values_out_of_range(kw):
+    base = dict(teacher="t", noisy="n", clean=["c"], steps=5)
+    with pytest.raises(ValueError) as err:
+        DistillOptions(**{**base, **kw}).validate()
+    assert "\n" not in str(err.value)
+    DistillOptions(**base).validate()

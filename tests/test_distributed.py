@@ -74,3 +74,35 @@ def test_distill_under_two_processes_agrees(ddp_run):
     assert summary["world_size"] == 2 and first == second
     assert len((out / "log.csv").read_text().strip().splitlines()) == 1 + 4
     assert done.stdout.count('"steps"') == 1  # one report, rank 0's
+
+
+def test_every_stream_of_a_run_has_its_own_seed():
+    from dbsn.seeds import HEADS_CACHE, VALIDATION, stream_seed, training_seed
+
+    for seed in (0, 5):
+        seeds = [training_seed(seed, rank, step, worker) for rank in range(4) for step in (0, 1, 2, 7, 500)
+                 for worker in (None, 0, 1, 2, 3)]
+        seeds += [stream_seed(seed, VALIDATION)] + [stream_seed(seed, HEADS_CACHE, rank) for rank in range(4)]
+        assert len(set(seeds)) == len(seeds) == 4 * 5 * 5 + 5
+        assert all(0 <= s < 2**32 for s in seeds)
+        assert training_seed(seed) == seed == Context().seed(seed)  # a plain run keeps its seed
+    assert training_seed(0, 1, 3, 2) == training_seed(0, 1, 3, 2) != training_seed(1, 1, 3, 2)
+    assert Context(rank=1, world_size=2).seed(0, 7) == training_seed(0, 1, 7)
+
+
+def test_rank_0_worker_1_and_rank_1_worker_0_draw_different_batches():
+    # with seeds spaced by one stride these two streams were the same
+    import numpy as np
+    import torch
+
+    from dbsn.data import BatchStream, PatchSampler, seeded_generator
+
+    from .conftest import smooth_image
+
+    rng = np.random.default_rng(0)
+    sampler = PatchSampler(16, 4, seeded_generator(1), noisy=[torch.from_numpy(smooth_image(rng, 40))
+                                                                for _ in range(3)])
+    rank0 = BatchStream(sampler.sample, seeded_generator(0), workers=2, seed=0, rank=0)
+    rank1 = BatchStream(sampler.sample, seeded_generator(0), workers=1, seed=0, rank=1)
+    rank0.next()  # worker 0's
+    assert not torch.equal(rank0.next()[0], rank1.next()[0])  # worker 1's and rank 1's worker 0's

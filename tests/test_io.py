@@ -376,3 +376,19 @@ def test_pages_of_one_size_are_a_stack_and_of_several_sizes_refused(tmp_path):
     tifffile.imwrite(tmp_path / "mixed.tif", np.zeros((2, 2), np.uint8), append=True)
     with pytest.raises(ImageReadError, match="different shapes"):
         read_planes(tmp_path / "mixed.tif")
+
+
+def test_training_takes_every_plane_of_a_stack(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "train").mkdir()
+    stack = rng.integers(0, 65536, (3, 2, 20, 21), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "train" / "cells.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    Image.fromarray(rng.integers(0, 256, (16, 18), dtype=np.uint8)).save(tmp_path / "train" / "plain.png")
+    memory, files = load_folder(tmp_path / "train"), load_folder(tmp_path / "train", cache_bytes=0)
+    assert len(memory) == len(files) == 7 and memory.channels == 1
+    assert files.paths[:2] == [(tmp_path / "train" / "cells.tif", 0), (tmp_path / "train" / "cells.tif", 1)]
+    expected = list(stack.reshape(6, 20, 21) / 65535.0) + [None]
+    for k, (a, b) in enumerate(zip(memory.images, files.images)):  # decoded on demand: the same plane
+        assert torch.equal(a, b)
+        if expected[k] is not None:
+            assert np.allclose(a[0].numpy(), expected[k], atol=1e-7)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -296,3 +297,184 @@ def test_heads_phase_on_cached_features_trains_only_the_heads(tmp_path):
 def test_heads_cache_refuses_a_negative_budget():
     with pytest.raises(ValueError, match="heads-cache-gb"):
         _options(clean="x", noise="awgn:25", heads_cache_gb=-1).validate()
+
+
+def _rows(path):
+    """``log.csv`` as (header, steps of its rows), checking that every line is complete."""
+    text = path.read_text()
+    assert text.endswith("\n")
+    header, *rows = text.splitlines()
+    return header, [int(r.split(",", 1)[0]) for r in rows]
+
+
+def test_a_killed_run_keeps_its_log_and_resumes_exactly(tmp_path):
+    """SIGKILL mid-run: the log holds its header and every row so far; the resumed run ends bit-identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dbsn.cli import main
+
+    from .conftest import write_noisy_pngs
+
+    noisy = tmp_path / "noisy"
+    write_noisy_pngs(noisy)
+    args = ["train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--noise-model", "awgn", "--steps", "80",
+            "--patch-size", "16", "--batch-size", "2", "--val-every", "40", "--save-every", "7", "--device", "cpu"]
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-m", "dbsn", "-q", *args, "-o", str(run)],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    log_csv, deadline = run / "log.csv", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if (run / "checkpoint.pt").is_file() and log_csv.is_file() and log_csv.read_text().count("\n") > 10:
+                break
+            time.sleep(0.01)
+        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()}"
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    header, steps = _rows(log_csv)
+    assert header.startswith("step,phase,loss,lr,elapsed_s")
+    assert steps == list(range(1, len(steps) + 1)) and 10 <= len(steps) < 80  # each row flushed as it came
+
+    torch.set_num_threads(1)  # as in the killed process: the same arithmetic
+    assert main(["-q", *args[:1], "--resume", "-o", str(run)]) == 0
+    assert _rows(log_csv) == (header, list(range(1, 81)))  # the header once, every step once, in order
+    assert main(["-q", *args, "-o", str(tmp_path / "whole")]) == 0
+    resumed = read_checkpoint(run / "checkpoint.pt")["model"]
+    whole = read_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_the_log_keeps_one_header_and_the_rows_up_to_the_checkpoint(tmp_path):
+    from dbsn.train.loop import _trim_log
+
+    fields = ["step", "phase", "loss"]
+    log_csv = tmp_path / "log.csv"
+    cases = {
+        "": "step,phase,loss\n",  # killed before its first row: the header alone
+        "step,phase,loss\n1,mu,1\n2,mu,2\n3,mu,3\n": "step,phase,loss\n1,mu,1\n2,mu,2\n",
+        "1,mu,1\n2,mu,2\n": "step,phase,loss\n1,mu,1\n2,mu,2\n",  # an old resume left no header
+        "step,phase,loss\n1,mu,1\n2,mu": "step,phase,loss\n1,mu,1\n",  # a row cut short
+        "step,loss,phase\n1,0.5,mu\n": "step,phase,loss\n1,mu,0.5\n",  # other columns: rewritten
+    }
+    for before, after in cases.items():
+        log_csv.write_text(before)
+        _trim_log(log_csv, 2, fields)
+        assert log_csv.read_text() == after, before
+    log_csv.unlink()
+    _trim_log(log_csv, 0, fields)
+    assert log_csv.read_text() == "step,phase,loss\n"
+
+
+def test_a_run_removes_the_stale_temporaries_of_its_own_files(tmp_path):
+    from dbsn.train.loop import prepare_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [".checkpoint.pt.k2j4x.tmp.pt", ".model.safetensors.a1.tmp.safetensors", ".log.csv.zz.tmp.csv",
+             ".run.json.q.tmp.json"]
+    kept = ["notes.txt", ".other.csv.zz.tmp.csv", ".checkpoint.pt.backup"]
+    for name in stale + kept:
+        (run / name).write_text("x")
+    assert prepare_run(str(run), resume=False) is None  # temporaries alone do not make a folder used
+    assert sorted(p.name for p in run.iterdir()) == sorted(kept)
+
+
+def test_images_too_small_are_skipped_and_a_folder_of_them_refused(tmp_path):
+    from PIL import Image
+
+    from dbsn.data import load_folder
+
+    folder = _clean_folder(tmp_path / "some", n=1, size=40)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(folder / "dot.png")
+    loaded = load_folder(folder, min_side=8)
+    assert len(loaded) == 1 and [p.name for p, _ in loaded.skipped] == ["dot.png"]
+    assert len(load_folder(folder)) == 2  # by default every readable image is kept
+    summary = train(_options(clean=str(folder), noise="awgn:25", steps=1), str(tmp_path / "ok"), progress_bar=False)
+    assert summary["images_train"] == 1 and any("dot.png" in s for s in summary["skipped"])
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tiny / "dot.png")
+    with pytest.raises(ValueError, match=r"no image of at least 8 x 8 pixels .*1 x 1"):
+        load_folder(tiny, min_side=8)
+    with pytest.raises(ValueError, match=r"no image of at least 8 x 8 pixels .*1 x 1"):
+        train(_options(clean=str(tiny), noise="awgn:25"), str(tmp_path / "t"), progress_bar=False)
+    with pytest.raises(ValueError, match=r"largest image side .*\(40 pixels\); give --patch-size 80 or less"):
+        train(_options(clean=str(folder), noise="awgn:25", patch_size=96), str(tmp_path / "r"), progress_bar=False)
+    assert not (tmp_path / "r" / "log.csv").exists()
+
+
+def test_out_of_memory_becomes_a_one_line_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from dbsn.train.stage1 import Stage1Task
+
+    clean = _clean_folder(tmp_path / "clean")
+    original, calls = Stage1Task.step, []
+
+    def step(self, progress):
+        calls.append(progress)
+        if len(calls) == 5:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 123456789 bytes.")
+        return original(self, progress)
+
+    monkeypatch.setattr(Stage1Task, "step", step)
+    with pytest.raises(ValueError, match="out of memory at step 5 .*smaller --batch-size or --patch-size.*step 4"):
+        train(_options(clean=str(clean), noise="awgn:25", steps=10, save_every=2), str(tmp_path / "r"),
+              progress_bar=False)
+    assert read_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 4
+    assert _rows(tmp_path / "r" / "log.csv")[1] == [1, 2, 3, 4]
+
+
+def test_out_of_memory_is_told_from_other_errors():
+    from dbsn.train.loop import _out_of_memory
+
+    assert _out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _out_of_memory(MemoryError())
+    assert _out_of_memory(RuntimeError("CUDA out of memory"))
+    assert not _out_of_memory(RuntimeError("expected scalar type Float but found Half"))
+    assert not _out_of_memory(ValueError("out of memory"))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(val_every=0), dict(save_every=0), dict(save_every=-1), dict(steps=0), dict(steps=2.5),
+    dict(steps=None, minutes=math.inf), dict(steps=None, minutes=math.nan), dict(steps=None, minutes=0),
+    dict(patch_size=100000), dict(patch_size=4), dict(batch_size=0), dict(phase_split=(math.nan, 1, 1)),
+    dict(phase_split=(math.inf, 1, 1)), dict(phase_split=(-1, 1, 1)), dict(lr=math.nan), dict(lr=-1e-3),
+    dict(lr_heads=math.inf), dict(seed=-1), dict(ema=1.0), dict(ema=math.nan), dict(workers=-1),
+    dict(cache_gb=math.inf), dict(cache_gb=math.nan), dict(heads_cache_gb=math.nan), dict(val_fraction=1.0),
+    dict(trace_weight=math.nan), dict(val_patches=0), dict(channels=2),
+])
+def test_options_refuse_values_out_of_range(kw):
+    with pytest.raises(ValueError) as err:
+        _options(clean="x", noise="awgn:25", **kw).validate()
+    assert "\n" not in str(err.value)
+
+
+def test_mg_noise_on_gray_images_is_refused(tmp_path):
+    gray = _clean_folder(tmp_path / "gray")
+    with pytest.raises(ValueError, match="--noise mg needs colour images"):
+        _options(clean="x", noise="mg", channels=1).validate()
+    with pytest.raises(ValueError, match="--noise mg needs colour images.*are gray"):
+        train(_options(clean=str(gray), noise="mg"), str(tmp_path / "a"), progress_bar=False)
+    with pytest.raises(ValueError, match="--noise-model mg needs colour images.*are gray"):
+        train(_options(noisy=str(gray), noise_model="mg"), str(tmp_path / "b"), progress_bar=False)
+
+
+def test_a_run_killed_before_its_results_is_finished_by_resume(tmp_path):
+    clean = _clean_folder(tmp_path / "clean")
+    opts = _options(clean=str(clean), noise="awgn:25", steps=3)
+    run = tmp_path / "r"
+    train(opts, str(run), progress_bar=False)
+    with pytest.raises(ValueError, match="is finished: 3 of 3 steps"):
+        train(opts, str(run), resume=True, progress_bar=False)
+    (run / "run.json").unlink()  # killed after the last checkpoint, before run.json
+    summary = train(opts, str(run), resume=True, progress_bar=False)
+    assert summary["steps"] == 3 and summary["last_validation"] and (run / "run.json").is_file()
+    assert _rows(run / "log.csv")[1] == [1, 2, 3]

@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .data.io import MAX_PIXELS
+from .data.patches import MAX_PATCH, MIN_SIDE
 from .runtime import ENSEMBLES, PRECISIONS
 
 log = logging.getLogger("dbsn")
@@ -27,10 +28,14 @@ ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies o
                  "times slower, about 0.1 dB better with 8")
 MEMORY_HELP = "working memory for the model; larger images are denoised in tiles (e.g. 512M, 4G)"
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
+PATCH_HELP = f"side of the square training patches ({MIN_SIDE} to {MAX_PATCH}, at most twice the largest image side)"
+OVERWRITE_RUN_HELP = ("start a new run in an -o that holds one: its checkpoint.pt, model.safetensors, log.csv and "
+                      "run.json are removed first")
 
 
-def _number(kind, low=None, high=None, low_open=False, what=""):
-    """An argparse type: a finite ``kind`` (int or float) in [low, high] (``low_open``: above ``low``)."""
+def _number(kind, low=None, high=None, low_open=False, what="", high_open=False):
+    """An argparse type: a finite ``kind`` (int or float) in [low, high] (``low_open``: above ``low``,
+    ``high_open``: below ``high``)."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -40,10 +45,12 @@ def _number(kind, low=None, high=None, low_open=False, what=""):
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         too_low = low is not None and (value <= low if low_open else value < low)
-        if too_low or (high is not None and value > high):
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
             bounds = (f"above {low}" if low_open else f"at least {low}") if low is not None else ""
             if high is not None:
-                bounds = f"{bounds} and at most {high}" if bounds else f"at most {high}"
+                top = f"below {high}" if high_open else f"at most {high}"
+                bounds = f"{bounds} and {top}" if bounds else top
             raise argparse.ArgumentTypeError(f"expected {what or 'a value'} {bounds}, got {text!r}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -55,6 +62,8 @@ NON_NEGATIVE_INT = _number(int, 0, what="an integer")
 POSITIVE = _number(float, 0, low_open=True, what="a number")
 NON_NEGATIVE = _number(float, 0, what="a number")
 FRACTION = _number(float, 0, 1, what="a number")
+BELOW_ONE = _number(float, 0, 1, what="a number", high_open=True)  # [0, 1): --ema, --val-fraction
+PATCH = _number(int, MIN_SIDE, MAX_PATCH, what="a patch size")
 
 
 def _memory(text: str) -> str:
@@ -69,8 +78,8 @@ def _memory(text: str) -> str:
 
 def _budget(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, help="number of optimisation steps")
-    group.add_argument("--minutes", type=float, help="wall-clock budget in minutes")
+    group.add_argument("--steps", type=POSITIVE_INT, help="number of optimisation steps")
+    group.add_argument("--minutes", type=POSITIVE, help="wall-clock budget in minutes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--channels", type=int, choices=(1, 3), help="force gray (1) or colour (3)")
     m = t.add_argument_group("model")
     m.add_argument("--model", default="dbsn_small", help="registered model name (see `dbsn models`)")
-    m.add_argument("--width", type=int, help="feature channels c (paper: 96)")
-    m.add_argument("--blocks", type=int, help="dilated blocks per branch B (paper: 8)")
+    m.add_argument("--width", type=POSITIVE_INT, help="feature channels c (paper: 96)")
+    m.add_argument("--blocks", type=POSITIVE_INT, help="dilated blocks per branch B (paper: 8)")
     m.add_argument("--mask-mode", choices=("mask", "trimmed"), help="centre-masked convolution variant")
     m.add_argument("--estimator-input", choices=("paper", "residual"),
                    help="what CNN_est reads for AWGN and MG: y (paper, the default) or y - mu (residual: needed "
@@ -107,27 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="three-phase: L2 on mu, heads with mu frozen, joint (default); joint: official")
     o.add_argument("--phase-split", default="0.6,0.1,0.3", help="shares of the budget for the three phases")
     o.add_argument("--loss", choices=("dbsn", "nll"), default="dbsn", help="constrained DBSN loss or plain NLL")
-    o.add_argument("--trace-weight", type=float, default=1.0,
+    o.add_argument("--trace-weight", type=FRACTION, default=1.0,
                    help="weight of the DBSN loss's gap over the NLL: 1 is the paper's loss, 0 the NLL")
-    o.add_argument("--batch-size", type=int, default=8)
-    o.add_argument("--patch-size", type=int, default=96)
-    o.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the D-BSN")
-    o.add_argument("--lr-heads", type=float, default=3e-3, help="Adam learning rate of the two heads")
+    o.add_argument("--batch-size", type=POSITIVE_INT, default=8)
+    o.add_argument("--patch-size", type=PATCH, default=96, help=PATCH_HELP)
+    o.add_argument("--lr", type=NON_NEGATIVE, default=3e-4, help="Adam learning rate of the D-BSN")
+    o.add_argument("--lr-heads", type=NON_NEGATIVE, default=3e-3, help="Adam learning rate of the two heads")
     o.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="autocast for the D-BSN (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a "
                         "gradient scaler); the heads and the losses stay in fp32")
-    o.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
-    o.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    o.add_argument("--cache-gb", type=float, help=CACHE_HELP)
-    o.add_argument("--heads-cache-gb", type=float, default=1.0,
+    o.add_argument("--ema", type=BELOW_ONE, default=0.0, help=EMA_HELP)
+    o.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help=WORKERS_HELP)
+    o.add_argument("--cache-gb", type=NON_NEGATIVE, help=CACHE_HELP)
+    o.add_argument("--heads-cache-gb", type=NON_NEGATIVE, default=1.0,
                    help="heads phase: compute the frozen D-BSN once on large crops, up to this many GB, and "
                         "train the heads on them (0: a D-BSN pass per heads step)")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
-    o.add_argument("--val-every", type=int, default=200)
-    o.add_argument("--save-every", type=int, default=500)
+    o.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    o.add_argument("--val-fraction", type=BELOW_ONE, default=0.1, help="share of images held out for validation")
+    o.add_argument("--val-every", type=POSITIVE_INT, default=200, help="validate every this many steps")
+    o.add_argument("--save-every", type=POSITIVE_INT, default=500, help="write checkpoint.pt every this many steps")
     o.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps")
     t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
 
     k = sub.add_parser("distill", help="stage 2: distil a stage-1 model into a fast ordinary denoiser")
     k.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
@@ -136,32 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--clean", nargs="+", help="one or more folders of clean images, unpaired with --noisy")
     k.add_argument("--student", default="unet_small", help="student model name (see `dbsn models`)")
     k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
-    k.add_argument("--depth", type=int, help="student conv layers per level")
+    k.add_argument("--depth", type=POSITIVE_INT, help="student conv layers per level")
     k.add_argument("--colour", choices=("joint", "opponent"),
                    help="colour students: one network on RGB (joint, the default) or one gray network per "
                         "opponent channel, guided by the luminance (opponent; --init may name a gray student)")
     k.add_argument("--init", help="start the student from these weights (a student's checkpoint, weights file or "
                                   "bundled name): fine-tuning, or growing an MWCNN of fewer --depth layers deeper")
     _budget(k)
-    k.add_argument("--batch-size", type=int, default=16)
-    k.add_argument("--patch-size", type=int, default=96)
-    k.add_argument("--noisy-share", type=float, default=0.125, help="share of real noisy patches per batch")
-    k.add_argument("--weight-noisy", type=float, default=0.1, help="loss weight of the real noisy pairs")
-    k.add_argument("--weight-clean", type=float, default=1.0, help="loss weight of the synthetic pairs")
+    k.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    k.add_argument("--patch-size", type=PATCH, default=96, help=PATCH_HELP)
+    k.add_argument("--noisy-share", type=FRACTION, default=0.125, help="share of real noisy patches per batch")
+    k.add_argument("--weight-noisy", type=NON_NEGATIVE, default=0.1, help="loss weight of the real noisy pairs")
+    k.add_argument("--weight-clean", type=NON_NEGATIVE, default=1.0, help="loss weight of the synthetic pairs")
     k.add_argument("--u-range", default="0.9,1.1", help="range of the per-batch noise scale u")
     k.add_argument("--synthetic-levels", choices=("clean", "noisy"), default="clean",
                    help="noise level of the synthetic pairs: CNN_est on each clean image (clean, the paper) or "
                         "the levels measured on the noisy images (noisy; AWGN and MG)")
-    k.add_argument("--lr", type=float, default=1e-3)
+    k.add_argument("--lr", type=NON_NEGATIVE, default=1e-3, help="Adam learning rate of the student")
     k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
-    k.add_argument("--ema", type=float, default=0.0, help=EMA_HELP)
-    k.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    k.add_argument("--cache-gb", type=float, help=CACHE_HELP)
-    k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--val-every", type=int, default=200)
-    k.add_argument("--save-every", type=int, default=500)
+    k.add_argument("--ema", type=BELOW_ONE, default=0.0, help=EMA_HELP)
+    k.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help=WORKERS_HELP)
+    k.add_argument("--cache-gb", type=NON_NEGATIVE, help=CACHE_HELP)
+    k.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    k.add_argument("--val-every", type=POSITIVE_INT, default=200, help="validate every this many steps")
+    k.add_argument("--save-every", type=POSITIVE_INT, default=500, help="write checkpoint.pt every this many steps")
     k.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
     k.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
+    k.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
 
     e = sub.add_parser("evaluate", help="the paper's protocol on clean images with seed-0 synthetic noise")
     e.add_argument("--model", required=True, help="checkpoint (.pt), weights (.safetensors) or bundled name")
@@ -236,12 +247,13 @@ def _train_options(args: argparse.Namespace):
 
 
 def _numbers(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
+    """Comma-separated finite numbers (``count`` of them when given)."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if not values or (count is not None and len(values) != count):
-        raise ValueError(f"{option} takes {count or 'some'} comma-separated numbers, got {text!r}")
+    if not values or (count is not None and len(values) != count) or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option} takes {count or 'some'} comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -253,6 +265,10 @@ def _resumed_options(cls, args):
     if not ckpt.is_file():
         raise ValueError(f"--resume: no checkpoint at {ckpt}")
     stored = json.loads(read_checkpoint(ckpt)["options"])
+    unknown = sorted(set(stored) - {f.name for f in fields(cls)})
+    if unknown:  # written by the other command, or by another version of dbsn
+        raise ValueError(f"{ckpt} holds options that `dbsn {args.command}` of this version does not take "
+                         f"({', '.join(unknown)}); resume it with the command and version that wrote it")
     options = cls(**{k: tuple(v) if isinstance(v, list) and k in ("phase_split", "u_range") else v
                      for k, v in stored.items()})
     if args.steps is not None or args.minutes is not None:
@@ -275,7 +291,8 @@ def cmd_train(args) -> int:
     from .train import TrainOptions, train
 
     options = _resumed_options(TrainOptions, args) if args.resume else _train_options(args)
-    _report(train(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
+    _report(train(options, args.out, resume=args.resume, progress_bar=not args.quiet, overwrite=args.overwrite),
+            args.out)
     return EXIT_OK
 
 
@@ -287,7 +304,10 @@ def cmd_distill(args) -> int:
     else:
         student_kwargs = {}
         if args.widths:
-            student_kwargs["widths"] = [int(w) for w in _numbers(args.widths, "--widths")]
+            widths = _numbers(args.widths, "--widths")
+            if not all(w.is_integer() and w >= 1 for w in widths):
+                raise ValueError(f"--widths takes whole numbers of at least 1, e.g. 32,64,128, got {args.widths!r}")
+            student_kwargs["widths"] = [int(w) for w in widths]
         if args.depth is not None:
             student_kwargs["depth"] = args.depth
         if args.colour:
@@ -301,7 +321,8 @@ def cmd_distill(args) -> int:
             lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, cache_gb=args.cache_gb,
             seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
         )
-    _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet), args.out)
+    _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet, overwrite=args.overwrite),
+            args.out)
     return EXIT_OK
 
 

@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .runtime import resolve_device
-
-SEED_STRIDE = 1_000_003  # rank r draws its patches from seed + r * SEED_STRIDE
+from .seeds import training_seed
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,12 @@ class Context:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def seed(self, seed: int) -> int:
-        """The data seed of this rank (rank 0 keeps ``seed``: one process reproduces a plain run)."""
-        return seed + self.rank * SEED_STRIDE
+    def seed(self, seed: int, step: int = 0) -> int:
+        """The seed of this rank's training patches from ``step`` on (:func:`dbsn.seeds.training_seed`).
+
+        Rank 0 of a new run keeps ``seed``: one process reproduces a plain run.
+        """
+        return training_seed(seed, self.rank, step)
 
     def shard(self, items: list) -> list:
         """This rank's share of ``items`` (every rank gets at least one)."""

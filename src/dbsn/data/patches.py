@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ import torch
 
 from ..noise import NoiseModel
 from ..tiling import pad_reflect
-from .io import ImageReadError, convert_channels, list_images, read_image
+from .io import ImageReadError, convert_channels, list_images, read_image, read_planes
 
 log = logging.getLogger("dbsn")
 
 GIB = 1024**3
+MIN_SIDE = 8  # the smallest image side and patch size training takes: below it a patch is mostly padding
+MAX_PATCH = 1024  # the largest patch size: ten times the default (96), so a larger one is taken for a typo
 
 
 class ImageSet(Sequence):
@@ -54,13 +57,13 @@ class ImageSet(Sequence):
             return self.subset(range(len(self))[i])
         if self.tensors is not None:
             return self.tensors[i]
-        path = self.paths[i]
+        path, plane = self.paths[i] if isinstance(self.paths[i], tuple) else (self.paths[i], None)
         try:
-            array, _ = read_image(path, self.channels)
+            array = read_image(path, self.channels)[0] if plane is None else read_planes(path, self.channels)[0][plane]
         except ImageReadError as err:
             raise ImageReadError(f"{err} (it was readable when training started)") from None
         if tuple(array.shape[-2:]) != self.sizes[i]:
-            raise ImageReadError(f"{path}: its size changed from {self.sizes[i]} to {tuple(array.shape[-2:])} "
+            raise ImageReadError(f"{path}{'' if plane is None else f' (plane {plane})'}: its size changed from {self.sizes[i]} to {tuple(array.shape[-2:])} "
                                  "since training started")
         x = torch.from_numpy(array)
         for transform in self.transforms:
@@ -86,7 +89,7 @@ class ImageSet(Sequence):
 class ImageFolder:
     """Images of one or more folders (an :class:`ImageSet`), all with the same channel count."""
 
-    paths: list[Path]
+    paths: list[Path | tuple[Path, int]]  # a file, or (file, plane) for a plane of a stack
     images: ImageSet
     channels: int
     skipped: list[tuple[Path, str]]
@@ -119,8 +122,8 @@ def cache_budget(cache_gb: float | None) -> int:
     """Bytes of decoded images one process may keep: ``cache_gb``, else half the available
     memory shared by the processes of this machine (``torchrun`` sets ``LOCAL_WORLD_SIZE``)."""
     if cache_gb is not None:
-        if cache_gb < 0:
-            raise ValueError(f"--cache-gb must be 0 or more, got {cache_gb}")
+        if not (math.isfinite(cache_gb) and cache_gb >= 0):
+            raise ValueError(f"--cache-gb must be a finite number of 0 or more, got {cache_gb}")
         return int(cache_gb * GIB)
     free = available_memory()
     if free is None:
@@ -129,9 +132,10 @@ def cache_budget(cache_gb: float | None) -> int:
 
 
 def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channels: int | None = None,
-                cache_bytes: int | None = None) -> ImageFolder:
+                cache_bytes: int | None = None, min_side: int = 1) -> ImageFolder:
     """Read every image of ``folder`` (or of several folders); unreadable files are logged and skipped.
 
+    Every plane of a TIFF stack is one image (its source in ``paths`` is ``(file, plane)``).
     Every file is decoded once, to check it and learn its size. The decoded images are
     kept in memory while they fit in ``cache_bytes``; a larger set is decoded from its
     files on demand instead (``--workers`` hides the cost during training).
@@ -140,33 +144,47 @@ def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channel
         channels: 1 or 3 to convert every image; None gives gray if every image is
             gray and colour otherwise.
         cache_bytes: None for :func:`cache_budget`'s default.
+        min_side: images smaller than this on a side are logged and skipped like unreadable
+            files; training gives :data:`MIN_SIDE`, below which a patch is mostly padding.
 
     Raises:
-        ValueError: when the folders hold no readable image.
+        ValueError: when the folders hold no readable image of at least ``min_side`` pixels a side.
     """
     folders = [folder] if isinstance(folder, (str, os.PathLike)) else list(folder)
     paths = [p for f in folders for p in list_images(f)]
     budget = cache_budget(None) if cache_bytes is None else cache_bytes
     arrays: list | None = []
-    kept, skipped, shapes, total = [], [], [], 0
+    kept, skipped, small, shapes, total = [], [], [], [], 0
     for p in paths:
         try:
-            array, _ = read_image(p)
+            planes, _ = read_planes(p)
         except ImageReadError as err:
             log.warning("skipping %s", err)
             skipped.append((p, str(err)))
             continue
-        kept.append(p)
-        shapes.append(array.shape)
-        total += 4 * (channels or 3) * array.shape[1] * array.shape[2]
-        if arrays is not None and total > budget:
-            log.info("the images take more than %.2f GB decoded: decoding them from their files on demand",
-                     budget / GIB)
-            arrays = None
-        if arrays is not None:
-            arrays.append(array)
+        if min(planes.shape[-2:]) < min_side:
+            reason = (f"{p}: {planes.shape[-2]} x {planes.shape[-1]} pixels, smaller than the {min_side} x {min_side} "
+                      "training takes")
+            log.warning("skipping %s", reason)
+            skipped.append((p, reason))
+            small.append(reason)
+            continue
+        for k, array in enumerate(planes):
+            kept.append(p if len(planes) == 1 else (p, k))
+            shapes.append(array.shape)
+            total += 4 * (channels or 3) * array.shape[1] * array.shape[2]
+            if arrays is not None and total > budget:
+                log.info("the images take more than %.2f GB decoded: decoding them from their files on demand",
+                         budget / GIB)
+                arrays = None
+            if arrays is not None:
+                arrays.append(array)
     if not kept:
         where = ", ".join(repr(str(f)) for f in folders)
+        if small:  # readable images, all of them too small
+            more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+            raise ValueError(f"no image of at least {min_side} x {min_side} pixels in {where}: {small[0]}{more}; "
+                             "give larger images")
         raise ValueError(f"no readable image in {where} (looked for .png, .jpg, .tif and .bmp files)")
     if channels is None:
         channels = 1 if all(shape[0] == 1 for shape in shapes) else 3
@@ -176,6 +194,18 @@ def load_folder(folder: str | os.PathLike | Sequence[str | os.PathLike], channel
     else:
         images = ImageSet(sizes, tensors=[torch.from_numpy(convert_channels(a, channels)) for a in arrays])
     return ImageFolder(kept, images, channels, skipped)
+
+
+def check_patch_size(patch_size: int, sizes: Sequence[tuple[int, int]], where: str) -> None:
+    """Refuse a patch more than twice the largest side of the training images ``sizes`` (``(H, W)``).
+
+    Smaller images are padded by reflection up to the patch; beyond twice their side the
+    padding repeats pixels, and a patch would be mostly padding.
+    """
+    largest = max(max(h, w) for h, w in sizes)
+    if patch_size > 2 * largest:
+        raise ValueError(f"--patch-size {patch_size} is more than twice the largest image side in {where} "
+                         f"({largest} pixels); give --patch-size {2 * largest} or less")
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -280,6 +310,6 @@ def seeded_generator(seed: int) -> torch.Generator:
 
 
 __all__ = [
-    "ImageFolder", "ImageSet", "PatchSampler", "available_memory", "cache_budget", "dihedral", "load_folder",
-    "seeded_generator", "split_validation",
+    "MAX_PATCH", "MIN_SIDE", "ImageFolder", "ImageSet", "PatchSampler", "available_memory", "cache_budget",
+    "check_patch_size", "dihedral", "load_folder", "seeded_generator", "split_validation",
 ]

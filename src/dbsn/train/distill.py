@@ -24,12 +24,15 @@ Where the synthetic levels come from (``synthetic_levels``):
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import distributed, linalg
 from ..data import BatchStream, PatchSampler, cache_budget, load_folder, seeded_generator
+from ..data.patches import MIN_SIDE, check_patch_size
 from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
@@ -37,8 +40,9 @@ from ..nn import create_model
 from ..nn.registry import model_kind
 from ..pretrained import resolve_model
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
+from ..seeds import VALIDATION, stream_seed
 from .checkpoint import init_weights, load_model
-from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
+from .loop import check_budget, check_common, check_ema, check_number, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
 
@@ -81,17 +85,18 @@ class DistillOptions:
         if not self.noisy or not self.clean:
             raise ValueError("give --noisy DIR (real noisy images) and at least one --clean DIR (unpaired clean images)")
         check_budget(self.steps, self.minutes)
-        if not 0.0 <= self.noisy_share <= 1.0:
-            raise ValueError(f"--noisy-share must be in [0, 1], got {self.noisy_share}")
+        check_number("--noisy-share", self.noisy_share, 0, 1)
         if self.synthetic_levels not in SYNTHETIC_LEVELS:
             raise ValueError(f"--synthetic-levels must be one of {SYNTHETIC_LEVELS}, got {self.synthetic_levels!r}")
-        lo, hi = self.u_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"--u-range must be two numbers 0 < low <= high, got {self.u_range}")
+        u_range = tuple(self.u_range)
+        if (len(u_range) != 2 or not all(isinstance(u, numbers.Real) and math.isfinite(u) for u in u_range)
+                or not 0 < u_range[0] <= u_range[1]):
+            raise ValueError(f"--u-range expects two finite numbers 0 < low <= high, e.g. 0.9,1.1, got {self.u_range}")
         check_workers(self.workers)
-        cache_budget(self.cache_gb)  # refuses a negative size
-        if self.weight_noisy < 0 or self.weight_clean < 0:
-            raise ValueError("loss weights must be non-negative")
+        cache_budget(self.cache_gb)  # refuses a negative or infinite size
+        check_number("--weight-noisy", self.weight_noisy, 0)
+        check_number("--weight-clean", self.weight_clean, 0)
+        check_common(self)
         check_precision(self.precision)
         check_ema(self.ema)
         if model_kind(self.student) != "student":
@@ -137,9 +142,18 @@ class DistillData:
                  device: torch.device = torch.device("cpu"), ctx: Context = Context()):
         from ..inference import Denoiser
 
+        per_pixel = teacher.noise_model == "hg"
+        # the teacher and the options must fit before its images are read and denoised
+        if options.synthetic_levels == "clean" and teacher.estimator_input == "residual":
+            raise ValueError("this teacher's noise estimator reads the residual y - mu, which a clean image does "
+                             "not have; use --synthetic-levels noisy")
+        if options.synthetic_levels == "noisy" and per_pixel:
+            raise ValueError("--synthetic-levels noisy needs noise of one level per image (AWGN, MG); HG noise "
+                             "depends on the signal, so its level comes from the clean image (the default)")
         channels = int(teacher.config["in_channels"])
         budget = cache_budget(options.cache_gb)
-        noisy = load_folder(options.noisy, channels, budget)
+        noisy = load_folder(options.noisy, channels, budget, min_side=MIN_SIDE)
+        check_patch_size(options.patch_size, noisy.images.sizes, options.noisy)  # all images: every rank the same
         self.channels = channels
         noisy_images = ctx.shard(noisy.images)  # each rank: its own shard of both folders
         log.info("teacher: denoising %d noisy images", len(noisy_images))
@@ -151,17 +165,11 @@ class DistillData:
             measured.append(factor_of(out.get("cov_n", out["var_n"])[0]))
         self.options = options
         # the teacher's x_hat stays in memory: the clean folders get what is left of the budget
-        clean = load_folder(options.clean, channels, max(0, budget - 2 * noisy.nbytes))
+        clean = load_folder(options.clean, channels, max(0, budget - 2 * noisy.nbytes), min_side=MIN_SIDE)
+        check_patch_size(options.patch_size, clean.images.sizes, ", ".join(options.clean))
         self.skipped = noisy.skipped + clean.skipped
         clean_images = ctx.shard(clean.images)
         teacher.cpu()
-        per_pixel = teacher.noise_model == "hg"
-        if options.synthetic_levels == "clean" and teacher.estimator_input == "residual":
-            raise ValueError("this teacher's noise estimator reads the residual y - mu, which a clean image does "
-                             "not have; use --synthetic-levels noisy")
-        if options.synthetic_levels == "noisy" and per_pixel:
-            raise ValueError("--synthetic-levels noisy needs noise of one level per image (AWGN, MG); HG noise "
-                             "depends on the signal, so its level comes from the clean image (the default)")
         # the paper: CNN_est on each clean image; "noisy": the levels measured on the noisy images
         self.factors = ([noise_factor(teacher, x) for x in clean_images] if options.synthetic_levels == "clean"
                         else measured)
@@ -177,7 +185,7 @@ class DistillData:
                                           clean=self.factors if per_pixel else None)
         self.per_pixel = per_pixel
         self.n_images = (len(noisy_images), len(clean_images))
-        val_gen = seeded_generator(options.seed + 1)
+        val_gen = seeded_generator(stream_seed(options.seed, VALIDATION))  # the same on every rank
         self.val = self._batch(
             PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=noisy_images, clean=x_hat),
             PatchSampler(options.patch_size, options.val_patches, val_gen, noisy=clean_images,
@@ -218,7 +226,7 @@ class DistillTask:
             p.requires_grad_(False)
         self.teacher_config = dict(teacher.config)
         self.data = DistillData(options, teacher, self.generator, device, ctx)
-        self.stream = BatchStream(self.data.sample, self.generator, options.workers, ctx.seed(options.seed))
+        self.stream = BatchStream(self.data.sample, self.generator, options.workers, options.seed, ctx.rank)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             model = create_model(options.student, in_channels=self.data.channels, **options.student_kwargs)
@@ -259,13 +267,14 @@ class DistillTask:
         }
 
 
-def distill(options: DistillOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
-    """Distil a stage-1 teacher into a student in ``out_dir`` (same files as :func:`dbsn.train.train`)."""
+def distill(options: DistillOptions, out_dir: str, resume: bool = False, progress_bar: bool = True,
+            overwrite: bool = False) -> dict:
+    """Distil a stage-1 teacher into a student in ``out_dir`` (same files and rules as :func:`dbsn.train.train`)."""
     options.validate()
     ctx, device = distributed.setup(options.device)
     task = None
     try:
-        state = prepare_run(out_dir, resume, ctx)
+        state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
         task = DistillTask(options, device, ctx)
         return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
             "teacher": task.teacher_config, "images_noisy": task.data.n_images[0],

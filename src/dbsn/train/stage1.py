@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from .. import distributed, losses
 from ..data import BatchStream, ImageFolder, PatchSampler, cache_budget, load_folder, seeded_generator, split_validation
+from ..data.patches import MIN_SIDE, check_patch_size
 from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
@@ -32,12 +34,17 @@ from ..nn import create_model
 from ..nn.stage1 import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
 from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
+from ..seeds import HEADS_CACHE, VALIDATION, stream_seed
 from .checkpoint import init_weights
-from .loop import check_budget, check_ema, cosine, prepare_run, run_loop
+from .loop import check_budget, check_common, check_ema, check_number, cosine, prepare_run, run_loop
 
 log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
+
+
+_MG_ON_GRAY = ("{given} needs colour images (MG noise correlates the three channels), but {images}; "
+               "give --noise awgn:SIGMA or --noise-model awgn for gray images")
 
 
 @dataclass
@@ -98,14 +105,24 @@ class TrainOptions:
         check_ema(self.ema)
         if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
-        if len(self.phase_split) != 3 or any(s < 0 for s in self.phase_split) or sum(self.phase_split) <= 0:
-            raise ValueError(f"phase split needs three non-negative shares, got {self.phase_split}")
+        split = tuple(self.phase_split)
+        if (len(split) != 3 or not all(isinstance(s, numbers.Real) and math.isfinite(s) and s >= 0 for s in split)
+                or sum(split) <= 0):
+            raise ValueError(f"--phase-split expects three finite non-negative shares with a positive sum, "
+                             f"e.g. 0.6,0.1,0.3, got {self.phase_split}")
         check_workers(self.workers)
-        cache_budget(self.cache_gb)  # refuses a negative size
-        if self.heads_cache_gb < 0:
-            raise ValueError(f"--heads-cache-gb must be 0 (off) or positive, got {self.heads_cache_gb}")
-        if self.patch_size < 8 or self.batch_size < 1:
-            raise ValueError("patch size must be at least 8 and batch size at least 1")
+        cache_budget(self.cache_gb)  # refuses a negative or infinite size
+        check_number("--heads-cache-gb", self.heads_cache_gb, 0)
+        check_common(self)
+        check_number("--lr-heads", self.lr_heads, 0)
+        check_number("--val-fraction", self.val_fraction, 0, 1, high_open=True)
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"--channels expects 1 (gray) or 3 (colour), got {self.channels!r}")
+        if self.channels == 1 and self.resolved_noise_model() == "mg":
+            raise ValueError(_MG_ON_GRAY.format(given=self._mg_option(), images="--channels 1 makes the images gray"))
+
+    def _mg_option(self) -> str:
+        return "--noise-model mg" if self.noise_model is not None else f"--noise {self.noise}"
 
     def resolved_noise_model(self) -> str:
         """The head configuration: given, else the kind of ``--noise``, else ``"hg"`` for real noise."""
@@ -138,9 +155,13 @@ class Stage1Data:
     """Training sampler and fixed validation patches for one run."""
 
     def __init__(self, options: TrainOptions, generator: torch.Generator, ctx: Context = Context()):
-        folder = load_folder(options.noisy or options.clean, options.channels, cache_budget(options.cache_gb))
+        given = options.noisy or options.clean
+        where = given if isinstance(given, str) else ", ".join(map(str, given))  # for the messages
+        folder = load_folder(given, options.channels, cache_budget(options.cache_gb), min_side=MIN_SIDE)
         self.folder: ImageFolder = folder
         self.channels = folder.channels
+        if folder.channels == 1 and options.resolved_noise_model() == "mg":
+            raise ValueError(_MG_ON_GRAY.format(given=options._mg_option(), images=f"the images in {where} are gray"))
         clean = noisy = None
         noise = parse_noise(options.noise) if options.noise else None
         if options.noisy is not None:
@@ -150,6 +171,8 @@ class Stage1Data:
             if options.fixed_noise:
                 noisy = clean.map(partial(noise.add_protocol, seed=0))
         train_idx, val_idx = split_validation(len(folder), options.val_fraction, generator)
+        # every rank checks all training images, not its shard: they all refuse or none does
+        check_patch_size(options.patch_size, [folder.images.sizes[i] for i in train_idx], where)
         pick = lambda items, idx: None if items is None else items.subset(idx)  # noqa: E731
         if ctx.enabled:  # each rank its own shard of the images and its own stream of patches
             generator.manual_seed(ctx.seed(options.seed))
@@ -159,7 +182,7 @@ class Stage1Data:
             noisy=pick(noisy, shard), clean=pick(clean, shard), noise=noise,
         )
         held_out = val_idx or train_idx
-        val_gen = seeded_generator(options.seed + 1)
+        val_gen = seeded_generator(stream_seed(options.seed, VALIDATION))  # the same on every rank
         val_sampler = PatchSampler(
             options.patch_size, options.val_patches, val_gen,
             noisy=pick(noisy, held_out), clean=pick(clean, held_out), noise=noise,
@@ -257,7 +280,7 @@ class Stage1Task:
         self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
         self.data = Stage1Data(options, self.generator, ctx)
-        self.stream = BatchStream(self.data.sampler.sample, self.generator, options.workers, ctx.seed(options.seed))
+        self.stream = BatchStream(self.data.sampler.sample, self.generator, options.workers, options.seed, ctx.rank)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
             model = create_model(
@@ -297,7 +320,7 @@ class Stage1Task:
                      self.options.heads_cache_gb)
             self.heads_cache = HeadsCache(self.model, self.data.sampler, self.options.heads_cache_gb,
                                           self.options.precision, self.device,
-                                          self.ctx.seed(self.options.seed) + 2)  # + 1 draws the validation patches
+                                          stream_seed(self.options.seed, HEADS_CACHE, self.ctx.rank))
             log.info("heads phase: %d crops of %d x %d cached", self.heads_cache.tiles, self.heads_cache.tile,
                      self.heads_cache.tile)
         return self.heads_cache
@@ -329,17 +352,19 @@ class Stage1Task:
         return result
 
 
-def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_bar: bool = True) -> dict:
+def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_bar: bool = True,
+          overwrite: bool = False) -> dict:
     """Train a stage-1 model into ``out_dir``; returns a summary.
 
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``model.safetensors`` (final
-    weights), ``log.csv`` and ``run.json``.
+    weights), ``log.csv`` and ``run.json``. A new run refuses a folder that holds any of
+    them unless ``overwrite``; ``resume`` continues the run there (:func:`prepare_run`).
     """
     options.validate()
     ctx, device = distributed.setup(options.device)
     task = None
     try:
-        state = prepare_run(out_dir, resume, ctx)
+        state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
         task = Stage1Task(options, device, ctx)
         data = task.data
         return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
