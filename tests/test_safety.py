@@ -243,3 +243,25 @@ def test_a_stack_is_denoised_plane_by_plane_and_written_back_with_its_axes(model
         assert np.array_equal(result[t, z], denoiser.denoise(stack[t, z]))
     with tifffile.TiffFile(tmp_path / "out" / "cells_std_n.tiff") as noise_map:
         assert noise_map.series[0].axes == "TZYX" and noise_map.series[0].dtype == np.float32
+
+
+def test_files_named_by_option_are_not_replaced_unless_asked(model_file, tmp_path, capsys):
+    _png(tmp_path / "clean" / "c.png", 90)
+    report = tmp_path / "report.json"
+    report.write_text("the user's notes")
+    args = ["-q", "evaluate", "--model", str(model_file), "--clean", str(tmp_path / "clean"), "--noise", "awgn:25",
+            "--json", str(report)]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert report.read_text() == "the user's notes"
+    assert main([*args, "--overwrite"]) == 0 and report.read_text().startswith("{")
+    weights = model_file.read_bytes()
+    assert main(["-q", "export", "--model", str(model_file), "-o", str(model_file), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err and model_file.read_bytes() == weights
+
+
+def test_an_input_named_twice_is_denoised_once(model_file, tmp_path, capsys):
+    _png(tmp_path / "in" / "a.png", 50)
+    os.symlink(tmp_path / "in" / "a.png", tmp_path / "link.png")
+    assert _denoise(model_file, tmp_path / "in" / "a.png", tmp_path / "in", tmp_path / "link.png",
+                    "-o", tmp_path / "out") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clean", required=True, help="folder of clean test images")
     e.add_argument("--noise", required=True, help="noise spec, e.g. awgn:25 or hg:40,10")
     e.add_argument("--json", help="write the results to this JSON file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.add_argument("--channels", type=int, choices=(1, 3),
                    help="convert every clean image to gray (1) or colour (3) first; without it, an image whose "
                         "channels differ from the model's is skipped and reported")
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=("onnx",), default="onnx")
     x.add_argument("--opset", type=POSITIVE_INT, default=18)
     x.add_argument("-o", "--out", required=True, help="output file, e.g. student.onnx")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     a = sub.add_parser("add-noise", help="write noisy versions of clean images (float TIFF, unclipped): "
                                          "synthetic training or test data")
@@ -326,10 +328,27 @@ def cmd_distill(args) -> int:
     return EXIT_OK
 
 
+def _new_file(path: str | None, option: str, overwrite: bool, inputs: tuple = ()) -> None:
+    """Refuse, before any work, an output file that exists (unless ``overwrite``) or is one of ``inputs``."""
+    from .data.io import same_file
+
+    if path is None:
+        return
+    out = Path(path)
+    for source in inputs:
+        if source and Path(source).exists() and same_file(out, Path(source)):
+            raise FileExistsError(f"{option} {out} is the input {source}; choose another name")
+    if out.is_dir():
+        raise FileExistsError(f"{option} {out} is a folder; expected a file name")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{option} {out} already exists; pass --overwrite to replace it, or choose another name")
+
+
 def cmd_evaluate(args) -> int:
     from .data.io import atomic_path
     from .inference import evaluate, format_table, load
 
+    _new_file(args.json, "--json", args.overwrite, (args.model,))
     denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device,
                     ensemble=args.ensemble, max_memory=args.max_memory)
     result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet,
@@ -428,6 +447,7 @@ def cmd_export(args) -> int:
     from .pretrained import resolve_model
     from .train.checkpoint import load_model
 
+    _new_file(args.out, "-o", args.overwrite, (args.model,))
     try:
         result = export_onnx(load_model(resolve_model(args.model)), args.out, opset=args.opset)
     except ImportError as err:

@@ -212,6 +212,10 @@ def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
             paths.extend(found)
         else:
             paths.append(p)
+    unique: dict[Path, Path] = {}  # a file named twice (or through a link) is denoised once
+    for p in paths:
+        unique.setdefault(p.resolve() if p.exists() else p, p)
+    paths = list(unique.values())
     if not paths:
         raise ValueError(f"no images in {', '.join(repr(str(i)) for i in inputs)} "
                          f"(looked for {', '.join(IMAGE_SUFFIXES)} files); give image files or folders holding them")
