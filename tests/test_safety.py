@@ -265,3 +265,15 @@ def test_an_input_named_twice_is_denoised_once(model_file, tmp_path, capsys):
     assert _denoise(model_file, tmp_path / "in" / "a.png", tmp_path / "in", tmp_path / "link.png",
                     "-o", tmp_path / "out") == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
+def test_add_noise_keeps_a_stack_a_stack(tmp_path):
+    stack = np.full((3, 12, 13), 30000, np.uint16)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "z.tif", stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    assert main(["-q", "add-noise", str(tmp_path / "in"), "--noise", "awgn:25", "-o", str(tmp_path / "out")]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "z.tiff") as out:
+        assert out.series[0].axes == "ZYX" and out.series[0].dtype == np.float32
+        noisy = out.asarray()
+    assert noisy.shape == stack.shape and abs((noisy - 30000 / 65535).std() * 255 - 25) < 3
+    assert not np.array_equal(noisy[0], noisy[1])  # each plane its own noise

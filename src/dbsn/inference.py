@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -401,7 +401,8 @@ def add_noise_files(
     """Write a noisy version of each image to ``out_dir`` as float32 TIFF, neither clipped nor quantised.
 
     Image ``i`` (in sorted order) draws its noise from a generator seeded with ``seed + i``,
-    so a folder is reproducible as a whole. Unreadable files are logged and skipped;
+    so a folder is reproducible as a whole; the planes of a stack draw from it in turn and
+    are written back as a float32 stack with the input's axes. Unreadable files are logged and skipped;
     outputs are checked as :func:`denoise_files` does (inputs are never overwritten).
     """
     noise = parse_noise(noise_spec)
@@ -409,9 +410,12 @@ def add_noise_files(
     result = FileResult()
     for i, target in enumerate(targets):
         try:
-            x, _ = read_image(target.source, channels=channels, max_pixels=max_pixels)
-            y = noise.add(torch.from_numpy(x), seeded_generator(seed + i))
-            result.written.append(write_image(target.image, y.numpy(), bits=32))
+            planes, info = read_planes(target.source, channels=channels, max_pixels=max_pixels)
+            generator = seeded_generator(seed + i)
+            y = np.stack([noise.add(torch.from_numpy(x), generator).numpy() for x in planes])
+            like = replace(info, bits=32, dtype="float32", alpha=None, icc=None, exif=None,
+                           channels=planes.shape[1]) if info.is_stack else None
+            result.written.append(write_image(target.image, y if like else y[0], bits=32, like=like))
         except (ImageReadError, ValueError, OSError) as err:
             log.error("skipped: %s", err)
             result.failed.append((target.source, str(err)))
