@@ -83,7 +83,7 @@ def test_tiles_really_split_the_image():
         return model.pixel_parts(t)
 
     tiled_apply(fn, torch.rand(1, 1, 37, 53), spec, _budget(spec, 8))
-    assert len(calls) > 4 and all(h <= 8 + 2 * spec.radius and w <= 8 + 2 * spec.radius for h, w in calls)
+    assert len(calls) > 4 and all(h * w <= (8 + 2 * spec.radius) ** 2 for h, w in calls)  # within the budget
 
 
 @pytest.mark.parametrize("name,channels,kwargs", CASES[:1] + CASES[3:])
@@ -112,3 +112,70 @@ def test_parse_memory_and_tile_size():
     core = tile_size(spec, 4 * 100**2)
     assert core % 8 == 0 and core + 20 <= 100
     assert tile_size(spec, 1) == 8  # never below one aligned block
+
+
+def _square_area(h, w, spec, budget):
+    """The summed window area of the largest square cores whose every window fits ``budget``."""
+    from dbsn.tiling import _window_area, _windows
+
+    def fits(core):
+        return all((r1 - r0) * (c1 - c0) * spec.bytes_per_pixel <= budget
+                   for r0, r1, _, _ in _windows(h, core, spec.radius, spec.align)
+                   for c0, c1, _, _ in _windows(w, core, spec.radius, spec.align))
+
+    core = spec.align
+    while core + spec.align <= max(h, w) and fits(core + spec.align):
+        core += spec.align
+    return _window_area(h, core, spec) * _window_area(w, core, spec)
+
+
+@pytest.mark.parametrize("h, w, radius, align, budget_side", [
+    (512, 768, 126, 8, 388), (3000, 4000, 126, 8, 900), (97, 1001, 20, 1, 80), (64, 64, 5, 4, 30),
+    (4096, 4096, 44, 1, 1500), (321, 481, 126, 8, 1200),
+])
+def test_tile_plans_stay_within_the_budget_and_cost_no_more_than_squares(h, w, radius, align, budget_side):
+    from dbsn.tiling import _window_area, _windows, plan_tiles
+
+    spec = TileSpec(radius=radius, align=align, bytes_per_pixel=100)
+    budget = budget_side**2 * spec.bytes_per_pixel
+    plan = plan_tiles(h, w, spec, budget)
+    if h * w * spec.bytes_per_pixel <= budget:
+        assert plan is None
+        return
+    core_h, core_w = plan
+    assert core_h % align == 0 and core_w % align == 0
+    for r0, r1, _, _ in _windows(h, core_h, radius, align):  # every window within the budget
+        for c0, c1, _, _ in _windows(w, core_w, radius, align):
+            assert (r1 - r0) * (c1 - c0) * spec.bytes_per_pixel <= budget
+    assert _window_area(h, core_h, spec) * _window_area(w, core_w, spec) <= _square_area(h, w, spec, budget)
+
+
+def test_a_wide_image_under_a_tight_budget_gets_wide_tiles():
+    from dbsn.tiling import plan_tiles
+
+    spec = TileSpec(radius=30, align=1, bytes_per_pixel=1)
+    core_h, core_w = plan_tiles(100, 2000, spec, 160 * 1000)  # a strip a window high: one row of tiles
+    assert core_h == 100 and core_w > core_h
+
+
+def test_a_budget_too_small_for_the_context_says_which_would_do(caplog):
+    from dbsn.tiling import plan_tiles
+
+    spec = TileSpec(radius=50, align=1, bytes_per_pixel=10)
+    plan = plan_tiles(1000, 1000, spec, 120**2 * 10)
+    assert plan is not None and min(plan) < 100
+    assert "--max-memory" in caplog.text and "twice the context" in caplog.text
+
+
+def test_the_default_budget_is_a_quarter_of_the_available_memory(monkeypatch):
+    from dbsn.tiling import default_max_memory
+
+    monkeypatch.setattr("dbsn.tiling.available_memory", lambda: 8 << 30)
+    assert default_max_memory() == 2 << 30 and parse_memory(None) == parse_memory("auto") == 2 << 30
+    monkeypatch.setattr("dbsn.tiling.available_memory", lambda: 64 << 30)
+    assert default_max_memory() == 8 << 30  # capped
+    monkeypatch.setattr("dbsn.tiling.available_memory", lambda: 512 << 20)
+    assert default_max_memory() == 256 << 20  # floored
+    monkeypatch.setattr("dbsn.tiling.available_memory", lambda: None)
+    assert default_max_memory() == 1 << 30
+    assert Denoiser(_model("unet_small", 1, {}), device="cpu").max_memory == 1 << 30

@@ -26,7 +26,8 @@ CACHE_HELP = ("keep the decoded training images in memory up to this many GB (de
               "memory); a larger set is decoded from its files on demand, which --workers hides")
 ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies of each image: that many "
                  "times slower, about 0.1 dB better with 8")
-MEMORY_HELP = "working memory for the model; larger images are denoised in tiles (e.g. 512M, 4G)"
+MEMORY_HELP = ("working memory for the model, e.g. 512M or 4G (default: a quarter of the memory available, "
+               "from 256M to 8G); larger images are denoised in tiles with the same result")
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
 PATCH_HELP = f"side of the square training patches ({MIN_SIDE} to {MAX_PATCH}, at most twice the largest image side)"
 OVERWRITE_RUN_HELP = ("start a new run in an -o that holds one: its checkpoint.pt, model.safetensors, log.csv and "
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the network")
     e.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
-    e.add_argument("--max-memory", type=_memory, default="1G", help=MEMORY_HELP)
+    e.add_argument("--max-memory", type=_memory, help=MEMORY_HELP)
     e.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
     d = sub.add_parser("denoise", help="denoise image files (PNG, JPEG, TIFF; 8 or 16 bits)")
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--noise-map", action="store_true", help="also write <name>_std_n.tiff (0-255 units)")
     d.add_argument("--reference", help="folder of clean images with the same names: print PSNR")
     d.add_argument("--gamma", type=POSITIVE, default=1.0, help="factor on the noise covariance in the fusion")
-    d.add_argument("--max-memory", type=_memory, default="1G", help=MEMORY_HELP)
+    d.add_argument("--max-memory", type=_memory, help=MEMORY_HELP)
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
     d.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast for the network (faster on CPUs with bf16 support)")

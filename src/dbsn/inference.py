@@ -21,7 +21,7 @@ from .nn.stage1 import std_n_map
 from .noise import parse_noise
 from .pretrained import default_model, resolve_model
 from .runtime import autocast, check_ensemble, check_precision, memory_format_for, resolve_device
-from .tiling import DEFAULT_MAX_MEMORY, parse_memory, tiled_apply
+from .tiling import parse_memory, tiled_apply
 from .train.checkpoint import load_model
 
 log = logging.getLogger("dbsn")
@@ -39,7 +39,7 @@ class Denoiser:
         model: torch.nn.Module,
         device: str | torch.device = "auto",
         gamma: float = 1.0,
-        max_memory: int | str = DEFAULT_MAX_MEMORY,
+        max_memory: int | str | None = None,
         precision: str = "fp32",
         ensemble: int = 1,
     ):
@@ -178,7 +178,7 @@ def load(
     model: str | os.PathLike,
     device: str = "auto",
     gamma: float = 1.0,
-    max_memory: int | str = DEFAULT_MAX_MEMORY,
+    max_memory: int | str | None = None,
     precision: str = "fp32",
     ensemble: int = 1,
 ) -> Denoiser:
@@ -377,7 +377,7 @@ def denoise_files(
         except Exception as err:  # noqa: BLE001  one bad file must not end a batch; each is reported
             if is_out_of_memory(err):
                 budget = (denoiser.max_memory if isinstance(denoiser, Denoiser)
-                          else parse_memory(denoiser.load_options.get("max_memory", DEFAULT_MAX_MEMORY)))
+                          else parse_memory(denoiser.load_options.get("max_memory")))
                 message = (f"{path}: out of memory while denoising it; lower --max-memory (now "
                            f"{budget / 2**30:.3g}G) so that it goes through the model in smaller tiles")
             elif isinstance(err, (ImageReadError, ValueError, OSError, RuntimeError, LookupError)):

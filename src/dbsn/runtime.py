@@ -5,6 +5,7 @@ One place for these choices, shared by training, distillation and inference.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -53,3 +54,18 @@ def resolve_device(name: str) -> torch.device:
 def memory_format_for(device: torch.device):
     """Channels-last on the CPU, where it measured faster for these convolutions."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations, or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

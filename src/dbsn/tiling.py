@@ -15,13 +15,28 @@ and the fusion run once on the stitched maps.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-DEFAULT_MAX_MEMORY = 1 << 30  # bytes of working memory for one tile
+from .runtime import available_memory
+
+DEFAULT_MAX_MEMORY = 1 << 30  # bytes of working memory where the system does not say how much is available
+MEMORY_SHARE, MEMORY_FLOOR, MEMORY_CAP = 4, 256 << 20, 8 << 30  # the default budget: a quarter, within these
+
+log = logging.getLogger("dbsn")
+
+
+def default_max_memory() -> int:
+    """The default working memory of one pass: a quarter of the memory available now, from
+    256 MiB to 8 GiB (1 GiB where the system does not say)."""
+    free = available_memory()
+    if free is None:
+        return DEFAULT_MAX_MEMORY
+    return int(min(max(free // MEMORY_SHARE, MEMORY_FLOOR), MEMORY_CAP))
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,11 @@ def _reflected(n: int, pad: int, device: torch.device) -> torch.Tensor:
     return ((n - 1) - ((n - 1) - j).abs()).clamp_min(0)
 
 
-def parse_memory(text: str | int | float) -> int:
-    """``"2G"``, ``"512M"``, ``"1.5GB"`` or a number of bytes, as bytes."""
+def parse_memory(text: str | int | float | None) -> int:
+    """``"2G"``, ``"512M"``, ``"1.5GB"`` or a number of bytes, as bytes; None (or ``"auto"``) for
+    :func:`default_max_memory`."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
+        return default_max_memory()
     if isinstance(text, (int, float)):
         value = int(text)
     else:
@@ -76,6 +94,77 @@ def tile_size(spec: TileSpec, max_memory: int, channels_batch: int = 1) -> int:
     return core
 
 
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+_WARNED: set = set()
+
+
+def plan_tiles(h: int, w: int, spec: TileSpec, max_memory: int, batch: int = 1) -> tuple[int, int] | None:
+    """The core height and width that cover an ``h x w`` image with the least summed window area
+    (core plus context), every window within ``max_memory``; None when one pass fits.
+
+    Tries every number of tile rows; for each, the widest core the budget allows, then the
+    columns balanced so that no tile is a thin remainder. Cores need not be square: a wide
+    image under a tight budget gets wide, short tiles, whose context costs less.
+    """
+    if h * w * batch * spec.bytes_per_pixel <= max_memory:
+        return None
+    pixels = max_memory // (batch * spec.bytes_per_pixel)  # the most window pixels the budget holds
+    best: tuple[int, tuple[int, int]] | None = None
+    # cores far thinner than the context or the budget's side are never the cheapest: not tried
+    thinnest = max(spec.align, min(spec.radius, int(math.sqrt(pixels)) // 4))
+    for rows in range(1, -(-h // thinnest) + 1):
+        core_h = _align_up(-(-h // rows), spec.align)
+        if best is not None and core_h == best[1][0]:
+            continue
+        tallest = _longest_window(h, core_h, spec)
+        core_w = _widest_core(w, pixels // tallest, spec)
+        if core_w is None:
+            continue  # windows this tall leave no width: try more rows of shorter tiles
+        cols = -(-w // core_w)
+        core_w = _align_up(-(-w // cols), spec.align)  # balanced columns: no thin remainder
+        area = _window_area(h, core_h, spec) * _window_area(w, core_w, spec)
+        if best is None or area < best[0]:
+            best = (area, (core_h, core_w))
+    if best is None:  # the budget holds no window of one aligned block with its context
+        core = spec.align
+        best = (0, (core, core))
+    core_h, core_w = best[1]
+    if min(core_h, core_w) < 2 * spec.radius and (max_memory, spec) not in _WARNED:
+        _WARNED.add((max_memory, spec))  # once per budget and model, not once per image
+        side = 4 * spec.radius + spec.align
+        enough = side * side * batch * spec.bytes_per_pixel
+        log.warning("--max-memory %.3gG gives tiles of %d x %d pixels inside %d pixels of context on each side: "
+                    "most of the work is context; --max-memory %.2gG would give tiles twice the context",
+                    max_memory / 2**30, core_h, core_w, spec.radius, enough / 2**30)
+    return core_h, core_w
+
+
+def _longest_window(length: int, core: int, spec: TileSpec) -> int:
+    return max(end - start for start, end, _, _ in _windows(length, core, spec.radius, spec.align))
+
+
+def _widest_core(length: int, most: int, spec: TileSpec) -> int | None:
+    """The widest aligned core whose windows along ``length`` are at most ``most`` long (None: none is)."""
+    if _longest_window(length, spec.align, spec) > most:
+        return None
+    low, high = 1, -(-length // spec.align)  # in aligned blocks; window length grows with the core
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _longest_window(length, mid * spec.align, spec) <= most:
+            low = mid
+        else:
+            high = mid - 1
+    return low * spec.align
+
+
+def _window_area(length: int, core: int, spec: TileSpec) -> int:
+    """The summed lengths of the windows along one axis."""
+    return sum(end - start for start, end, _, _ in _windows(length, core, spec.radius, spec.align))
+
+
 def _windows(length: int, core: int, radius: int, align: int) -> list[tuple[int, int, int, int]]:
     """Per tile: (window start, window end, core start, core end) along one axis."""
     out = []
@@ -92,20 +181,22 @@ def tiled_apply(
     fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     y: torch.Tensor,
     spec: TileSpec,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Apply ``fn`` to ``y`` ``(B, C, H, W)`` tile by tile and stitch its per-pixel outputs.
 
     ``fn`` returns tensors whose last two dimensions are the window's ``H, W``. When the
-    whole image fits the budget, ``fn(y)`` is returned as it is.
+    whole image fits the budget (default :func:`default_max_memory`), ``fn(y)`` is returned
+    as it is; otherwise the tiles are those of :func:`plan_tiles`.
     """
     h, w = y.shape[-2:]
-    if h * w * y.shape[0] * spec.bytes_per_pixel <= max_memory:
+    plan = plan_tiles(h, w, spec, parse_memory(max_memory), y.shape[0])
+    if plan is None:
         return fn(y)
-    core = tile_size(spec, max_memory, y.shape[0])
+    core_h, core_w = plan
     out: dict[str, torch.Tensor] = {}
-    for r0, r1, a0, a1 in _windows(h, core, spec.radius, spec.align):
-        for c0, c1, b0, b1 in _windows(w, core, spec.radius, spec.align):
+    for r0, r1, a0, a1 in _windows(h, core_h, spec.radius, spec.align):
+        for c0, c1, b0, b1 in _windows(w, core_w, spec.radius, spec.align):
             part = fn(y[..., r0:r1, c0:c1])
             for key, value in part.items():
                 if key not in out:

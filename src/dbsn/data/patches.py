@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..noise import NoiseModel
+from ..runtime import available_memory
 from ..tiling import pad_reflect
 from .io import ImageReadError, convert_channels, list_images, read_image, read_planes
 
@@ -101,21 +102,6 @@ class ImageFolder:
     def nbytes(self) -> int:
         """The size of the decoded float32 images, whether or not they are held in memory."""
         return sum(4 * self.channels * h * w for h, w in self.images.sizes)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations, or None where the system does not say."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def cache_budget(cache_gb: float | None) -> int:
