@@ -179,3 +179,4 @@ def test_the_default_budget_is_a_quarter_of_the_available_memory(monkeypatch):
     monkeypatch.setattr("dbsn.tiling.available_memory", lambda: None)
     assert default_max_memory() == 1 << 30
     assert Denoiser(_model("unet_small", 1, {}), device="cpu").max_memory == 1 << 30
+

@@ -25,6 +25,12 @@ from torch import nn
 from ..tiling import TileSpec, pad_reflect
 from .registry import register_model
 
+# bytes of working memory per float of activation per pixel, as tiling budgets it: 10 is 1.7x the
+# highest peak per pixel `benchmarks/memory.py` measured for the bundled students in one pass
+# (gray, fp32, 256 x 256) and 2.7-20x the others (fp32 and bf16, 256 x 256 to 1024 x 1024);
+# the earlier 16 was 2.7-10x every peak, and tiled photos needlessly
+STUDENT_BYTES = 10
+
 
 def haar_dwt(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2-D Haar transform: ``(B, C, H, W) -> (B, 4C, H/2, W/2)`` as ``[LL, LH, HL, HH]`` blocks."""
@@ -91,7 +97,7 @@ class MWCNN(nn.Module):
         # Haar blocks of the DWT and the IWT reach s / 2 each
         radius = sum(2 ** (i + 1) * (2 * self.depth + 1) for i in range(self.levels))
         floats = sum(4 * w / 4 ** (i + 1) for i, w in enumerate(self.widths)) + 16 * self.in_channels
-        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(4 * 4 * floats))
+        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(STUDENT_BYTES * floats))
 
     def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
         padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
@@ -201,7 +207,7 @@ class UNetSmall(nn.Module):
         # depth convs of the encoder at level i + 1 reach depth * 2^(i+1), the decoder's depth * 2^i
         radius = self.depth + 1 + sum(2**i * (2 + 3 * self.depth) for i in range(self.levels))
         floats = sum(5 * w / 4**i for i, w in enumerate(self.widths)) + 4 * self.in_channels
-        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(4 * 4 * floats))
+        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(STUDENT_BYTES * floats))
 
     def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
         padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
