@@ -156,32 +156,28 @@ def empty_folder(root):
     return code, "", err or "(nothing said)"
 
 
-def _float_tiff(root, name, array):
-    tifffile.imwrite(root / "in" / name, array.astype(np.float32), photometric="minisblack")
+def _denoise_float_tiff(root, array, describe):
+    """Denoise one float TIFF holding ``array``; ``describe(output)`` says what the output holds."""
+    (root / "in").mkdir()
+    tifffile.imwrite(root / "in" / "f.tif", array.astype(np.float32), photometric="minisblack")
+    code, err = run("denoise", "--model", model(root), root / "in", "-o", root / "out")
+    out = root / "out" / "f.tif"
+    return code, describe(tifffile.imread(out)) if out.exists() else "no output", err
 
 
 @case
 def nan_pixel(root):
     """one NaN pixel in a float TIFF"""
-    (root / "in").mkdir()
     x = np.full((16, 17), 0.5, np.float32)
     x[3, 4] = np.nan
-    _float_tiff(root, "nan.tif", x)
-    code, err = run("denoise", "--model", model(root), root / "in", "-o", root / "out")
-    out = root / "out" / "nan.tif"
-    held = f"output {np.isnan(tifffile.imread(out)).mean():.0%} NaN" if out.exists() else "no output"
-    return code, held, err
+    return _denoise_float_tiff(root, x, lambda out: f"output {np.isnan(out).mean():.0%} NaN")
 
 
 @case
 def float_0_255(root):
     """a float TIFF holding 0-255 values"""
-    (root / "in").mkdir()
-    _float_tiff(root, "f.tif", np.linspace(0, 255, 16 * 17).reshape(16, 17))
-    code, err = run("denoise", "--model", model(root), root / "in", "-o", root / "out")
-    out = root / "out" / "f.tif"
-    held = f"output mean {tifffile.imread(out).mean():.2f} (1 = white)" if out.exists() else "no output"
-    return code, held, err
+    return _denoise_float_tiff(root, np.linspace(0, 255, 16 * 17).reshape(16, 17),
+                               lambda out: f"output mean {out.mean():.2f} (1 = white)")
 
 
 @case

@@ -433,7 +433,7 @@ def test_out_of_memory_becomes_a_one_line_error_and_keeps_the_checkpoint(tmp_pat
 
 
 def test_out_of_memory_is_told_from_other_errors():
-    from dbsn.train.loop import _out_of_memory
+    from dbsn.runtime import is_out_of_memory as _out_of_memory
 
     assert _out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _out_of_memory(MemoryError())

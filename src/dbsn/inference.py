@@ -13,14 +13,15 @@ import numpy as np
 import torch
 
 from .data import seeded_generator
-from .data.io import (IMAGE_SUFFIXES, ImageReadError, list_images, noise_map_layout, output_suffix, read_image,
-                      read_planes, remove_stale_temporaries, same_file, write_image)
+from .data.io import (IMAGE_SUFFIXES, FileIndex, ImageReadError, list_images, noise_map_layout, output_suffix,
+                      read_image, read_planes, remove_stale_temporaries, write_image)
 from .metrics import psnr, ssim
 from .nn.registry import model_kind
 from .nn.stage1 import std_n_map
 from .noise import parse_noise
 from .pretrained import default_model, resolve_model
-from .runtime import autocast, check_ensemble, check_precision, memory_format_for, resolve_device
+from .runtime import (autocast, check_ensemble, check_precision, is_out_of_memory, memory_format_for,
+                      resolve_device)
 from .tiling import parse_memory, tiled_apply
 from .train.checkpoint import load_model
 
@@ -226,9 +227,9 @@ def output_names(paths: list[Path], suffix_of=output_suffix) -> list[str]:
     """The output file name of each input: its stem and :func:`output_suffix`, made distinct.
 
     Inputs whose stems clash (compared case-folded, as macOS and Windows do; the stem, so that
-    their noise maps do not clash either) are told apart by what differs among them: ``pic_png.png`` and ``pic_jpg.png`` for ``pic.png`` and
-    ``pic.jpg``; ``a_x.png`` and ``b_x.png`` for ``a/x.png`` and ``b/x.png``; else ``x_1.png``,
-    ``x_2.png``, ... in the order given.
+    their noise maps do not clash either) are told apart by what differs among them:
+    ``pic_png.png`` and ``pic_jpg.png`` for ``pic.png`` and ``pic.jpg``; ``a_x.png`` and
+    ``b_x.png`` for ``a/x.png`` and ``b/x.png``; else ``x_1.png``, ``x_2.png``, ... in the order given.
     """
     names = [p.stem + suffix_of(p) for p in paths]
     for _ in range(len(paths) + 1):
@@ -284,12 +285,12 @@ def plan_outputs(paths: list[Path], out_dir: str | os.PathLike, noise_map: bool 
             raise FileExistsError(f"two outputs of this call would both be {out} (and {seen[out.name.casefold()]}); "
                                   "rename one of the inputs or denoise them in two calls")
         seen[out.name.casefold()] = out
-    existing_inputs = [p for p in paths if p.exists()]
-    on_input = [(out, p) for out in outputs for p in existing_inputs if same_file(out, p)]
-    if on_input:
-        out, p = on_input[0]
-        raise FileExistsError(f"the output {out} would replace the input {p}; choose another output folder "
-                              "(an input is never overwritten, even with --overwrite)")
+    inputs = FileIndex(paths)
+    for out in outputs:
+        p = inputs.find(out)
+        if p is not None:
+            raise FileExistsError(f"the output {out} would replace the input {p}; choose another output folder "
+                                  "(an input is never overwritten, even with --overwrite)")
     occupied = [out for out in outputs if out.exists() or out.is_symlink()]
     if occupied and (not overwrite or any(not out.is_file() or out.is_symlink() for out in occupied)):
         more = f" and {len(occupied) - 1} more" if len(occupied) > 1 else ""
@@ -313,14 +314,6 @@ class DefaultDenoisers:
             log.info("using the bundled model %r for %d-channel images", name, channels)
             self._loaded[channels] = load(name, **self.load_options)
         return self._loaded[channels]
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` says that memory ran out (the CPU allocator, CUDA, or Python's own)."""
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
 
 
 def denoise_files(
@@ -356,7 +349,7 @@ def denoise_files(
     targets = plan_outputs(collect_inputs(inputs), out_dir, noise_map=noise_map, overwrite=overwrite)
     result = FileResult()
     for target in tqdm(targets, disable=not progress_bar, unit="img"):
-        path = target.source
+        path, model = target.source, None
         try:
             planes, info = read_planes(path, max_pixels=max_pixels)
             model = model_for(planes.shape[1])
@@ -376,10 +369,9 @@ def denoise_files(
                 result.written.append(target.noise_map)
         except Exception as err:  # noqa: BLE001  one bad file must not end a batch; each is reported
             if is_out_of_memory(err):
-                budget = (denoiser.max_memory if isinstance(denoiser, Denoiser)
-                          else parse_memory(denoiser.load_options.get("max_memory")))
-                message = (f"{path}: out of memory while denoising it; lower --max-memory (now "
-                           f"{budget / 2**30:.3g}G) so that it goes through the model in smaller tiles")
+                now = f" (now {model.max_memory / 2**30:.3g}G)" if model is not None else ""
+                message = (f"{path}: out of memory while denoising it; lower --max-memory{now} so that it goes "
+                           "through the model in smaller tiles")
             elif isinstance(err, (ImageReadError, ValueError, OSError, RuntimeError, LookupError)):
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
             else:

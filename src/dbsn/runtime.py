@@ -69,3 +69,12 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says that memory ran out: torch's own error (CUDA), Python's, or a CPU allocator's."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+    if isinstance(err, (oom, MemoryError)):
+        return True
+    message = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate" in message)

@@ -401,7 +401,8 @@ def _write_tiff(tmp: Path, pixels: np.ndarray, samples: int, has_alpha: bool, li
 
     colour = samples >= 3
     tiff = like.tiff if like is not None else {}
-    options: dict = {"photometric": "rgb" if colour else ("miniswhite" if tiff.get("photometric") == 0 else "minisblack")}
+    gray = "miniswhite" if tiff.get("photometric") == 0 else "minisblack"
+    options: dict = {"photometric": "rgb" if colour else gray}
     if pixels.ndim == 4:
         options["planarconfig"] = "contig"
         if has_alpha:
@@ -508,27 +509,47 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file, also on file systems that fold case (macOS, Windows).
+class FileIndex:
+    """Files to look paths up against by identity, also on file systems that fold case (macOS, Windows).
 
-    Names that differ only in case count as the same file wherever their folders are the
-    same: on a case-sensitive system that refuses a few names needlessly, and never
-    replaces an input.
+    A path is found when it is one of the files (by device and inode, so links count), or
+    when its name, case-folded, is one of theirs in the same folder: on a case-sensitive
+    system that refuses a few names needlessly, and never replaces an input. Each lookup
+    costs a stat or two, whatever the number of files.
     """
-    try:
-        if a.exists() and b.exists() and os.path.samefile(a, b):
-            return True
-    except OSError:
-        pass
-    if a.name.casefold() != b.name.casefold():
-        return False
-    pa, pb = a.parent, b.parent
-    try:
-        return os.path.samefile(pa, pb)
-    except OSError:
-        return os.path.normcase(os.path.abspath(pa)) == os.path.normcase(os.path.abspath(pb))
+
+    def __init__(self, paths):
+        self._inodes: dict[tuple[int, int], Path] = {}
+        self._names: dict[tuple[str, str], Path] = {}
+        for p in map(Path, paths):
+            try:
+                st = p.stat()
+            except OSError:
+                continue  # a file that does not exist holds nothing to lose
+            self._inodes.setdefault((st.st_dev, st.st_ino), p)
+            self._names.setdefault(self._name_key(p), p)
+
+    @staticmethod
+    def _name_key(path: Path) -> tuple[str, str]:
+        return os.path.normcase(str(path.parent.resolve())), path.name.casefold()
+
+    def find(self, path: str | os.PathLike) -> Path | None:
+        """The indexed file that ``path`` names, or None."""
+        path = Path(path)
+        try:
+            st = path.stat()
+            if (st.st_dev, st.st_ino) in self._inodes:
+                return self._inodes[(st.st_dev, st.st_ino)]
+        except OSError:
+            pass
+        return self._names.get(self._name_key(path))
 
 
-__all__ = ["FLOAT_RANGE", "IMAGE_SUFFIXES", "ImageInfo", "ImageReadError", "MAX_PIXELS", "atomic_path",
-           "convert_channels", "list_images", "noise_map_layout", "output_suffix", "quantise", "read_image", "read_planes",
-           "remove_stale_temporaries", "same_file", "write_image"]
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (see :class:`FileIndex`)."""
+    return FileIndex([b]).find(a) is not None
+
+
+__all__ = ["FLOAT_RANGE", "IMAGE_SUFFIXES", "FileIndex", "ImageInfo", "ImageReadError", "MAX_PIXELS", "atomic_path",
+           "convert_channels", "list_images", "noise_map_layout", "output_suffix", "quantise", "read_image",
+           "read_planes", "remove_stale_temporaries", "same_file", "write_image"]

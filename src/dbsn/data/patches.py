@@ -64,7 +64,8 @@ class ImageSet(Sequence):
         except ImageReadError as err:
             raise ImageReadError(f"{err} (it was readable when training started)") from None
         if tuple(array.shape[-2:]) != self.sizes[i]:
-            raise ImageReadError(f"{path}{'' if plane is None else f' (plane {plane})'}: its size changed from {self.sizes[i]} to {tuple(array.shape[-2:])} "
+            where = f"{path}" if plane is None else f"{path} (plane {plane})"
+            raise ImageReadError(f"{where}: its size changed from {self.sizes[i]} to {tuple(array.shape[-2:])} "
                                  "since training started")
         x = torch.from_numpy(array)
         for transform in self.transforms:

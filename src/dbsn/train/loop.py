@@ -24,6 +24,7 @@ from ..data import BatchStream
 from ..data.io import atomic_path, remove_stale_temporaries
 from ..data.patches import MAX_PATCH, MIN_SIDE
 from ..distributed import Context, parameter_checksum
+from ..runtime import is_out_of_memory
 from .checkpoint import read_checkpoint, save_checkpoint, save_weights
 from .ema import EMA
 
@@ -191,15 +192,6 @@ def _trim_log(path: Path, step: int, fields: list[str]) -> None:
             tmp.write_text(kept)
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` says that memory ran out: torch's own error, Python's, or a RuntimeError of an allocator."""
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    message = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in message
-                                              or "DefaultCPUAllocator: can't allocate" in message)
-
-
 def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar: bool = True,
              extra_summary: dict | None = None) -> dict:
     """Train ``task`` until ``options.steps`` or ``options.minutes`` is spent.
@@ -305,7 +297,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
                                    else {}))
                 bar.update((1 if options.steps else int(elapsed) - bar.n) if bar.n < total else 0)
         except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
-            if not _out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             # no checkpoint of this half-done step: the one on disk, if any, stays as it was
             kept = (f"; the checkpoint of step {saved[0]} is kept, --resume continues from it"
