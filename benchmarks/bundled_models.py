@@ -210,7 +210,7 @@ def _psnr(model_path: Path, clean: Path, noise: str) -> float:
     import dbsn
     from dbsn.inference import evaluate
 
-    return evaluate(dbsn.load(model_path, device="cpu"), clean, noise)["psnr"]
+    return evaluate(dbsn.load(model_path, device="cpu", precision="fp32"), clean, noise)["psnr"]
 
 
 # storages a bundled model may take, smallest first: int8 (weights of INT8_FROM elements or more,

@@ -43,6 +43,31 @@ def first_images(folder: Path, n: int | None) -> Path:
     return subset
 
 
+def mosaic(folder: Path, h: int, w: int, channels: int):
+    """An ``(channels, h, w)`` float32 array tiled with the images of ``folder`` in order, each cropped
+    to the smallest image's size: a photo-size clean image made of real ones, for timing."""
+    import numpy as np
+
+    from dbsn.data import list_images, read_image
+
+    images = [read_image(path, channels=channels)[0] for path in list_images(folder)]
+    th = min(im.shape[1] for im in images)
+    tw = min(im.shape[2] for im in images)
+    canvas = np.zeros((channels, h, w), np.float32)
+    i = 0
+    for r in range(0, h, th):
+        for c in range(0, w, tw):
+            canvas[:, r:r + th, c:c + tw] = images[i % len(images)][:, :min(th, h - r), :min(tw, w - c)]
+            i += 1
+    return canvas
+
+
+def photo_shape(megapixels: float) -> tuple[int, int]:
+    """Height and width (3:2, multiples of 8) of an image of about ``megapixels``."""
+    h = round((megapixels * 1e6 / 1.5) ** 0.5 / 8) * 8
+    return h, round(h * 1.5 / 8) * 8
+
+
 def machine() -> str:
     """The CPU model, core count, GPU and torch version: what a measured number ran on."""
     import os

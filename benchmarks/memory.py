@@ -6,8 +6,8 @@ window, and reports the resident memory the pass added, per pixel:
 
     python benchmarks/memory.py --models gray color gray-stage1 --sizes 256x256,512x768 --precision fp32,bf16
 
-Medians over ``--repeat`` processes. The declared figure is ``model.tile_spec().bytes_per_pixel``
-(what :func:`dbsn.tiling.plan_tiles` budgets with).
+Medians over ``--repeat`` processes. The declared figure is ``Denoiser.tile_spec().bytes_per_pixel``
+(what :func:`dbsn.tiling.plan_tiles` budgets with, for the model under that precision).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ d.predict(y[..., :16, :16])  # first-call allocations (threads, kernels) are not
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 d.predict(y)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"added": after - before, "declared": d.model.tile_spec().bytes_per_pixel}))
+print(json.dumps({"added": after - before, "declared": d.tile_spec().bytes_per_pixel}))
 """
 
 

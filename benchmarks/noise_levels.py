@@ -31,7 +31,7 @@ def main() -> int:
 
     print(f"{'model':<36}{'std':>5}{'noisy':>8}{'mu':>8}{'x_hat':>8}{'std est':>9}")
     for name in args.models:
-        denoiser = dbsn.load(name, device="cpu")
+        denoiser = dbsn.load(name, device="cpu", precision="fp32")
         if not denoiser.is_blind_spot:
             print(f"{name}: not a stage-1 model", file=sys.stderr)
             return 2

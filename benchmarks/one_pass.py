@@ -42,7 +42,7 @@ def main() -> int:
     denoiser.predict(torch.from_numpy(y)[None])
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    spec = denoiser.model.tile_spec()
+    spec = denoiser.tile_spec()
     print(f"{name} {h}x{w} max_memory={budget} ({denoiser.max_memory / 2**30:.2f}G): {seconds:.2f} s, peak RSS "
           f"{peak / 1024:.0f} MB (before the pass {base / 1024:.0f} MB), declared {spec.bytes_per_pixel} B/px")
     return 0

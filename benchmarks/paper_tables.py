@@ -117,7 +117,7 @@ def main() -> int:
             cell = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
             images = first_images(clean, args.images)
             for ensemble in args.ensemble if model.stage == "student" else [1]:
-                result = evaluate(dbsn.load(model.name, device="cpu", ensemble=ensemble), images, noise)
+                result = evaluate(dbsn.load(model.name, device="cpu", precision="fp32", ensemble=ensemble), images, noise)
                 name = model.name + (f" x{ensemble}" if ensemble > 1 else "")
                 lines.append(
                     f"| {set_name} | {noise} | {name} | {model.stage} | {cell(result['psnr'])} | "

@@ -90,6 +90,43 @@ def test_opponent_colour_round_trip_and_noise_statistics():
     assert torch.allclose(torch.cov(o), torch.eye(3) * s**2 / 3, atol=2e-4)
 
 
+def test_colour_transforms_and_the_image_reading_layer_stay_fp32_under_bf16():
+    from dbsn.nn.students import OpponentColour
+
+    # the opponent transform and its inverse: exact to fp32 rounding, where bf16 would be off by ~1e-3
+    wrapper = OpponentColour(_Same())
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = wrapper(x)["x_hat"]
+    assert out.dtype == torch.float32 and torch.allclose(out, x, atol=1e-6)
+    # the first layer of each student reads the image in fp32: its output is the fp32 one exactly
+    for name in STUDENTS:
+        model = dbsn.create_model(name, in_channels=1, **SMALL.get(name, {})).eval()
+        first = (model.down[0] if hasattr(model, "down") else model.inc)[0]
+        seen = {}
+        first.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+        with torch.no_grad():
+            model(x[:, :1])
+            ref = seen.pop("out")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(x[:, :1])
+        assert seen["out"].dtype == torch.float32 and torch.equal(seen["out"], ref), name
+
+
+def test_auto_precision_is_bf16_only_for_students_on_native_bf16(monkeypatch):
+    from dbsn import runtime
+    from dbsn.inference import Denoiser
+
+    student, stage1 = dbsn.create_model("unet_small"), dbsn.create_model("dbsn_tiny")
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "fast_bf16", lambda device, native=native: native)
+        assert Denoiser(student, device="cpu").precision == ("bf16" if native else "fp32")
+        assert Denoiser(stage1, device="cpu").precision == "fp32"
+        assert Denoiser(student, device="cpu", precision="fp32").precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Denoiser(student, device="cpu", precision="half")
+
+
 @pytest.mark.parametrize("name", STUDENTS)
 def test_opponent_student_shapes_gradients_and_round_trip(name, tmp_path):
     torch.manual_seed(0)

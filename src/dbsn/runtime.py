@@ -11,14 +11,34 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# inference may also leave the choice to the machine (resolve_precision)
+INFERENCE_PRECISIONS = ("auto",) + PRECISIONS
 # inference: how many mirrored and rotated copies of the input to average (dbsn.inference)
 ENSEMBLES = (1, 2, 4, 8)
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> str:
+    if precision not in choices:
+        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
     return precision
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that says so, a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, bf16_exact: bool) -> str:
+    """``"auto"``: bf16 where the device computes it natively and the model keeps its PSNR in bf16
+    (``bf16_exact``: within 0.02 dB of fp32, as measured for the students), else fp32."""
+    if check_precision(precision, INFERENCE_PRECISIONS) != "auto":
+        return precision
+    return "bf16" if bf16_exact and fast_bf16(device) else "fp32"
 
 
 def check_ensemble(n: int) -> int:
@@ -32,6 +52,13 @@ def autocast(precision: str, device: torch.device):
     if check_precision(precision) == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def full_precision(x: torch.Tensor):
+    """Autocast off, for the few layers that read or write the image itself: bf16 keeps 8 bits of
+    mantissa, a step of about one grey level of an 8-bit image near white, which such a layer would
+    add to every pixel as noise. The caller casts their inputs to the layers' own dtype."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def grad_scaler(precision: str, device: torch.device):
