@@ -82,6 +82,8 @@ def size_worker(args) -> dict:
     denoiser = None
     if args.path != "bm3d":
         denoiser = dbsn.load(spec, device="cpu", max_memory="1T" if args.path == "one pass" else None)
+        if args.path == "one pass":
+            denoiser.window_pixels = None
         channels = denoiser.channels
     h, w = photo_shape(args.size)
     folder = args.datasets / ("cbsd68" if channels == 3 and args.set == "bsd68" else args.set)
@@ -92,7 +94,7 @@ def size_worker(args) -> dict:
         tile = denoiser.tile_spec()
         if args.path == "one pass" and h * w * tile.bytes_per_pixel > 0.8 * (available_memory() or 0):
             return {"skipped": f"needs {h * w * tile.bytes_per_pixel / 2**30:.1f} GB"}
-        plan = plan_tiles(h, w, tile, denoiser.max_memory)
+        plan = plan_tiles(h, w, tile, denoiser.max_memory, most_pixels=denoiser.window_pixels)
         if plan is not None:
             rows, cols = -(-h // plan[0]), -(-w // plan[1])
             tiles = f"{rows * cols} of {plan[0]}x{plan[1]}"

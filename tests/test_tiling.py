@@ -180,3 +180,20 @@ def test_the_default_budget_is_a_quarter_of_the_available_memory(monkeypatch):
     assert default_max_memory() == 1 << 30
     assert Denoiser(_model("unet_small", 1, {}), device="cpu").max_memory == 1 << 30
 
+
+
+def test_windows_are_capped_in_pixels_even_where_the_budget_holds_more():
+    from dbsn.tiling import TileSpec, plan_tiles
+
+    spec = TileSpec(radius=10, align=8, bytes_per_pixel=100)
+    assert plan_tiles(400, 600, spec, 1 << 40) is None
+    core_h, core_w = plan_tiles(400, 600, spec, 1 << 40, most_pixels=100_000)
+    windows = (min(core_h, 400) + 20) * (min(core_w, 600) + 20)
+    assert core_h % 8 == 0 and core_w % 8 == 0 and windows <= 100_000 + 0 and core_h * core_w < 400 * 600
+    torch.manual_seed(0)
+    model = dbsn.create_model("unet_small", widths=(4, 8, 8)).eval()
+    y = torch.rand(1, 1, 70, 90)
+    d = Denoiser(model, device="cpu", precision="fp32", max_memory="1T")
+    whole = d.predict(y)["x_hat"]
+    d.window_pixels = 3000  # forces several windows; the result stays that of one pass
+    assert torch.allclose(d.predict(y)["x_hat"], whole, atol=1e-5)

@@ -115,17 +115,28 @@ def _align_up(n: int, align: int) -> int:
 _WARNED: set = set()
 
 
-def plan_tiles(h: int, w: int, spec: TileSpec, max_memory: int, batch: int = 1) -> tuple[int, int] | None:
+# On a CPU a window of more pixels than this measured slower per pixel, not faster (12-megapixel
+# mosaics, 2-core Xeon, benchmarks/one_pass.py): gray 13.8 s with 6-megapixel windows, 11.0 s with
+# 2.7, 12.5 s with 1.3; colour 82.6 s with 4.9, 68.5 s with 2.3, 75.5 s with 1.3. Fresh memory
+# for each layer's output of a large window costs more than the context a smaller one repeats.
+WINDOW_PIXELS = 5 << 19  # 2.6 million
+
+
+def plan_tiles(h: int, w: int, spec: TileSpec, max_memory: int, batch: int = 1,
+               most_pixels: int | None = None) -> tuple[int, int] | None:
     """The core height and width that cover an ``h x w`` image with the least summed window area
-    (core plus context), every window within ``max_memory``; None when one pass fits.
+    (core plus context), every window within ``max_memory`` and of at most ``most_pixels`` pixels;
+    None when one pass fits.
 
     Tries every number of tile rows; for each, the widest core the budget allows, then the
     columns balanced so that no tile is a thin remainder. Cores need not be square: a wide
     image under a tight budget gets wide, short tiles, whose context costs less.
     """
-    if h * w * batch * spec.bytes_per_pixel <= max_memory:
+    if h * w * batch * spec.bytes_per_pixel <= max_memory and (most_pixels is None or h * w <= most_pixels):
         return None
     pixels = max_memory // (batch * spec.bytes_per_pixel)  # the most window pixels the budget holds
+    if most_pixels is not None:
+        pixels = min(pixels, most_pixels)
     best: tuple[int, tuple[int, int]] | None = None
     # cores far thinner than the context or the budget's side are never the cheapest: not tried
     thinnest = max(spec.align, min(spec.radius, int(math.sqrt(pixels)) // 4))
@@ -196,15 +207,16 @@ def tiled_apply(
     y: torch.Tensor,
     spec: TileSpec,
     max_memory: int | None = None,
+    most_pixels: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Apply ``fn`` to ``y`` ``(B, C, H, W)`` tile by tile and stitch its per-pixel outputs.
 
     ``fn`` returns tensors whose last two dimensions are the window's ``H, W``. When the
-    whole image fits the budget (default :func:`default_max_memory`), ``fn(y)`` is returned
-    as it is; otherwise the tiles are those of :func:`plan_tiles`.
+    whole image fits the budget (default :func:`default_max_memory`) and ``most_pixels``,
+    ``fn(y)`` is returned as it is; otherwise the tiles are those of :func:`plan_tiles`.
     """
     h, w = y.shape[-2:]
-    plan = plan_tiles(h, w, spec, parse_memory(max_memory), y.shape[0])
+    plan = plan_tiles(h, w, spec, parse_memory(max_memory), y.shape[0], most_pixels)
     if plan is None:
         return fn(y)
     core_h, core_w = plan
