@@ -102,9 +102,7 @@ RAN_AS = {
     "color-mg": ("--init color", "the bundled colour student of its day (commit abdd0cd), the fp16 copy of "
                  "`color-more`"),
 }
-# weights of at least this many elements are stored in int8 when that costs at most 0.01 dB
-# (the 256-channel level of the colour student: 77 % of its weights)
-INT8_FROM = 2 ** 19
+# the storage of each model: the package's rule (dbsn.bundle), the smallest within 0.01 dB
 
 # name -> channels, noise, minutes of stage 1, minutes of the student, what it is for
 RECIPES = {
@@ -208,39 +206,9 @@ def train(name: str, datasets: Path, stage1_only: bool = False) -> None:
 
 def _psnr(model_path: Path, clean: Path, noise: str) -> float:
     import dbsn
-    from dbsn.inference import evaluate
+    from dbsn.evaluation import evaluate
 
     return evaluate(dbsn.load(model_path, device="cpu", precision="fp32"), clean, noise)["psnr"]
-
-
-# storages a bundled model may take, smallest first: int8 (weights of INT8_FROM elements or more,
-# the rest fp16), fp16, fp32
-STORAGES = ("int8", "fp16", "fp32")
-STORAGE_TEXT = {
-    "int8": (f"fp16 safetensors, except the weights of {INT8_FROM:,} elements or more: int8 with an fp16 scale "
-             "per kernel (`dbsn.train.save_weights(..., int8_from=...)`; read back to fp32 on loading)."),
-    "fp16": "fp16 safetensors.",
-    "fp32": "fp32 safetensors.",
-}
-
-
-def _save_model(src: Path, dst: Path, storage: str) -> None:
-    """The weights of ``src`` as ``dst`` (safetensors with their configuration) in one of STORAGES."""
-    from dbsn.train.checkpoint import load_model, save_weights
-
-    model = load_model(src)
-    save_weights(dst, model if storage == "fp32" else model.half(), int8_from=INT8_FROM if storage == "int8" else None)
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    """Whether two safetensors files hold equal tensors (their bytes may differ)."""
-    import torch
-    from safetensors.torch import load_file
-
-    if not b.is_file():
-        return False
-    x, y = load_file(str(a)), load_file(str(b))
-    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]) for k in x)
 
 
 def bundle(name: str, datasets: Path, check_images: int) -> None:
@@ -253,6 +221,7 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     """
     import tempfile
 
+    from dbsn.bundle import STORAGES, save_in_storage, same_weights
     from dbsn.data.io import atomic_path
 
     channels, noise, _, _, description = RECIPES[name]
@@ -273,11 +242,11 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
             candidate = Path(scratch) / dst.name
             fp32 = _psnr(src, clean, check_noise)
             for storage in STORAGES:
-                _save_model(src, candidate, storage)
+                save_in_storage(src, candidate, storage)
                 stored = fp32 if storage == "fp32" else _psnr(candidate, clean, check_noise)
                 if abs(fp32 - stored) <= 0.01:
                     break
-            unchanged = _same_weights(candidate, dst)
+            unchanged = same_weights(candidate, dst)
             if not unchanged:
                 with atomic_path(dst) as tmp:
                     tmp.write_bytes(candidate.read_bytes())
@@ -394,6 +363,9 @@ def _card(entry, stage, description, noise, steps, summary, storage, fp32, store
             alike.setdefault(RAN_AS[out.name], []).append(f"`{cmd[2]} -o {out.name}`")
     ran_as = [f"{', '.join(runs[:-1]) + ' and ' if len(runs) > 1 else ''}{runs[-1]} ran with `{args}`: {why}."
               for (args, why), runs in alike.items()]
+    from dbsn.bundle import STORAGE_TEXT
+
+    storage_text = STORAGE_TEXT[storage]
     return f"""# {entry}
 
 {description}. {role}
@@ -409,7 +381,7 @@ With this package's own commands only (`python benchmarks/bundled_models.py trai
 - Last validation ({where}): {", ".join(f"{k} {v:.3f}" for k, v in last.items())}.
 
 ## Storage
-{STORAGE_TEXT[storage]} On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB
+{storage_text} On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB
 with the fp32 weights, {stored:.3f} dB as stored (the smallest of int8, fp16 and fp32 whose change is at most
 0.01 dB is kept).
 

@@ -30,7 +30,7 @@ from PIL import Image
 import dbsn
 from dbsn.cli import main
 from dbsn.nn import create_model
-from dbsn.train.checkpoint import save_weights
+from dbsn.hub import save_weights
 
 CASES = []
 

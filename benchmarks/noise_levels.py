@@ -27,7 +27,7 @@ def main() -> int:
     args = p.parse_args()
 
     import dbsn
-    from dbsn.inference import evaluate
+    from dbsn.evaluation import evaluate
 
     print(f"{'model':<36}{'std':>5}{'noisy':>8}{'mu':>8}{'x_hat':>8}{'std est':>9}")
     for name in args.models:

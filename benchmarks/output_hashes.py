@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import dbsn
-from dbsn.pretrained import bundled_models
+from dbsn.hub import bundled_models
 
 PINNED = Path(__file__).resolve().parents[1] / "tests" / "data" / "pinned_outputs.npz"
 

@@ -90,8 +90,8 @@ def main() -> int:
         require_bm3d(" (or pass --no-bm3d)")
 
     import dbsn
-    from dbsn.inference import evaluate
-    from dbsn.pretrained import bundled_models
+    from dbsn.evaluation import evaluate
+    from dbsn.hub import bundled_models
 
     models = [m for m in bundled_models().values() if m.available and (not args.models or m.name in args.models)]
     if not models:

@@ -45,11 +45,10 @@ def _peak_mb() -> float:
 
 def _model(spec: str):
     import dbsn
-    from dbsn.pretrained import bundled_models, resolve_model
-    from dbsn.train.checkpoint import load_model
+    from dbsn.hub import bundled_models, load_model
 
     if Path(spec).is_file() or spec in bundled_models():
-        return load_model(resolve_model(spec))
+        return load_model(spec)
     return dbsn.create_model(spec).eval()
 
 
@@ -156,7 +155,7 @@ def worker(args) -> dict:
     """One row: time ``args.path`` of ``args.model`` on the noisy images; report speed, memory, PSNR."""
     import torch
 
-    from dbsn.inference import Denoiser
+    from dbsn.denoiser import Denoiser
     from dbsn.metrics import psnr
 
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def fresh_heads(model_path: Path, out: Path) -> Path:
     import torch
 
     from dbsn.nn import create_model
-    from dbsn.train.checkpoint import load_model, save_weights
+    from dbsn.hub import load_model, save_weights
 
     trained = load_model(model_path)
     config = dict(trained.config)

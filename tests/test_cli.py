@@ -7,7 +7,7 @@ from PIL import Image
 
 import dbsn
 from dbsn.cli import main
-from dbsn.pretrained import default_names
+from dbsn.hub import default_names
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_a_used_run_folder_is_refused_unless_overwrite_and_a_finished_run_is_not
     assert _exit_code([*args, "--overwrite"]) == 0
     capsys.readouterr()
     rows = (run / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,phase,loss,lr") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert rows[0].startswith("step,phase,loss,nll,gap,lr") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files were replaced
 
     before = _hashes(run)

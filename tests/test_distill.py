@@ -187,7 +187,7 @@ def test_cli_distills_an_opponent_colour_student_from_a_gray_one(tmp_path):
     student = load_model(out / "model.safetensors")
     assert student.config["colour"] == "opponent" and student.config["in_channels"] == 3
     # lr 0: the weights are those of the gray student grown onto the opponent channels
-    from dbsn.train.checkpoint import init_weights
+    from dbsn.train.init import init_weights
 
     want = dbsn.create_model("unet_small", in_channels=3, widths=[8, 16, 32], colour="opponent")
     init_weights(want, str(tmp_path / "gray.safetensors"))

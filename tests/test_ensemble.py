@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from dbsn.cli import main
-from dbsn.inference import Denoiser
-from dbsn.train.checkpoint import save_weights
+from dbsn.denoiser import Denoiser
+from dbsn.hub import save_weights
 
 from .test_tiling import CASES, _model
 

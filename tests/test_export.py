@@ -5,7 +5,7 @@ import torch
 
 import dbsn
 from dbsn.cli import main
-from dbsn.train.checkpoint import save_weights
+from dbsn.hub import save_weights
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -19,7 +19,7 @@ CHILD = r"""
 import ctypes, gc, json, sys
 import torch
 import dbsn
-from dbsn.inference import Denoiser
+from dbsn.denoiser import Denoiser
 
 torch.set_num_threads(2)
 libc = ctypes.CDLL("libc.so.6")

@@ -11,8 +11,8 @@ from PIL import Image
 
 import dbsn
 from dbsn.cli import main
-from dbsn.pretrained import bundled_models, default_model, default_names, resolve_model
-from dbsn.train.checkpoint import save_weights
+from dbsn.hub import bundled_models, default_model, default_names, resolve_model
+from dbsn.hub import save_weights
 
 from .conftest import DATASETS
 
@@ -103,7 +103,7 @@ def test_before_after_figure(tmp_path):
 def test_shipped_models_are_complete(monkeypatch):
     # the package's own weights folder: every listed model loads, matches its index entry and has a
     # card with the command that trained it; students name a listed teacher; within 50 MB in all
-    from dbsn.train.checkpoint import read_checkpoint
+    from dbsn.hub import read_checkpoint
 
     monkeypatch.delenv("DBSN_WEIGHTS", raising=False)
     models = bundled_models()
@@ -142,7 +142,7 @@ def test_shipped_model_reproduces_its_card(name, tmp_path, monkeypatch):
     # the PSNR the card records for the stored weights, measured again through dbsn.load and the
     # evaluation protocol: guards loading, padding, colour handling and fp16 storage of what ships
     from dbsn.data import list_images
-    from dbsn.inference import evaluate
+    from dbsn.evaluation import evaluate
 
     monkeypatch.delenv("DBSN_WEIGHTS", raising=False)
     entry = bundled_models()[name]

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from dbsn.cli import main
-from dbsn.inference import output_names
+from dbsn.files import output_names
 from dbsn.nn import create_model
-from dbsn.train.checkpoint import save_weights
+from dbsn.hub import save_weights
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_broken_weights_files_are_one_line_errors(model_file, tmp_path, capsys, 
 
 
 def test_out_of_memory_on_one_image_names_it_and_the_batch_goes_on(model_file, tmp_path, capsys, monkeypatch):
-    from dbsn.inference import Denoiser
+    from dbsn.denoiser import Denoiser
 
     _png(tmp_path / "in" / "a.png", 50)
     _png(tmp_path / "in" / "huge.png", 60, size=(30, 31))

@@ -115,7 +115,7 @@ def test_colour_transforms_and_the_image_reading_layer_stay_fp32_under_bf16():
 
 def test_auto_precision_is_bf16_only_for_students_on_native_bf16(monkeypatch):
     from dbsn import runtime
-    from dbsn.inference import Denoiser
+    from dbsn.denoiser import Denoiser
 
     student, stage1 = dbsn.create_model("unet_small"), dbsn.create_model("dbsn_tiny")
     for native in (True, False):
@@ -146,7 +146,7 @@ def test_opponent_student_shapes_gradients_and_round_trip(name, tmp_path):
 @pytest.mark.parametrize("name", STUDENTS)
 def test_opponent_student_from_gray_equals_the_gray_student_per_channel(name, tmp_path):
     from dbsn.nn.students import OpponentColour
-    from dbsn.train.checkpoint import init_weights
+    from dbsn.train.init import init_weights
 
     torch.manual_seed(0)
     gray = dbsn.create_model(name, in_channels=1, **SMALL.get(name, {})).eval()
@@ -190,7 +190,7 @@ GROWTH = {
 @pytest.mark.parametrize("colour", ["joint", "opponent"])
 @pytest.mark.parametrize("growth", sorted(GROWTH))
 def test_grown_mwcnn_computes_what_the_smaller_one_did_and_learns(growth, colour, tmp_path):
-    from dbsn.train.checkpoint import init_weights
+    from dbsn.train.init import init_weights
 
     small_kwargs, large_kwargs, (new_name, new_part), others = GROWTH[growth]
     channels = 3 if colour == "opponent" else 1
@@ -220,7 +220,7 @@ def test_grown_mwcnn_computes_what_the_smaller_one_did_and_learns(growth, colour
 def test_int8_storage_keeps_each_weight_within_half_a_step_of_its_kernel_scale(tmp_path):
     from safetensors.torch import load_file
 
-    from dbsn.train.checkpoint import INT8_SCALE, read_checkpoint
+    from dbsn.hub import INT8_SCALE, read_checkpoint
 
     torch.manual_seed(0)
     model = dbsn.create_model("mwcnn", in_channels=3, **SMALL["mwcnn"]).eval()

@@ -235,7 +235,8 @@ def test_init_across_noise_models_keeps_the_dbsn(tmp_path):
     # an MG model (full-covariance heads) from an AWGN one (diagonal heads): the D-BSN carries over
     # exactly, the heads start fresh; HG shares AWGN's heads and takes every tensor
     from dbsn.nn import create_model
-    from dbsn.train.checkpoint import init_weights, save_weights
+    from dbsn.hub import save_weights
+    from dbsn.train.init import init_weights
 
     awgn = create_model("dbsn_tiny", in_channels=3, noise_model="awgn")
     save_weights(tmp_path / "awgn.safetensors", awgn)
@@ -340,7 +341,7 @@ def test_a_killed_run_keeps_its_log_and_resumes_exactly(tmp_path):
         if child.poll() is None:
             child.kill()
     header, steps = _rows(log_csv)
-    assert header.startswith("step,phase,loss,lr,elapsed_s")
+    assert header.startswith("step,phase,loss,nll,gap,lr,elapsed_s")
     assert steps == list(range(1, len(steps) + 1)) and 10 <= len(steps) < 80  # each row flushed as it came
 
     torch.set_num_threads(1)  # as in the killed process: the same arithmetic
@@ -415,21 +416,38 @@ def test_out_of_memory_becomes_a_one_line_error_and_keeps_the_checkpoint(tmp_pat
     from dbsn.train.stage1 import Stage1Task
 
     clean = _clean_folder(tmp_path / "clean")
-    original, calls = Stage1Task.step, []
+    original, calls = Stage1Task.losses, []
 
-    def step(self, progress):
+    def losses(self, progress):
         calls.append(progress)
         if len(calls) == 5:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
                                "you tried to allocate 123456789 bytes.")
         return original(self, progress)
 
-    monkeypatch.setattr(Stage1Task, "step", step)
+    monkeypatch.setattr(Stage1Task, "losses", losses)
     with pytest.raises(ValueError, match="out of memory at step 5 .*smaller --batch-size or --patch-size.*step 4"):
         train(_options(clean=str(clean), noise="awgn:25", steps=10, save_every=2), str(tmp_path / "r"),
               progress_bar=False)
     assert read_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 4
     assert _rows(tmp_path / "r" / "log.csv")[1] == [1, 2, 3, 4]
+
+
+def test_the_log_holds_the_loss_parts_and_the_loop_minimises_their_sum(tmp_path):
+    import csv
+
+    clean = _clean_folder(tmp_path / "clean")
+    trace_weight = 0.25
+    train(_options(clean=str(clean), noise="awgn:25", steps=6, phase_split=(0.5, 0.5, 0), trace_weight=trace_weight),
+          str(tmp_path / "r"), progress_bar=False)
+    rows = list(csv.DictReader((tmp_path / "r" / "log.csv").open()))
+    mu_rows = [r for r in rows if r["phase"] == "mu"]
+    heads_rows = [r for r in rows if r["phase"] == "heads"]
+    assert mu_rows and heads_rows
+    assert all(r["nll"] == "" and r["gap"] == "" for r in mu_rows)  # the L2 phase has no such parts
+    for r in heads_rows:
+        loss, nll, gap = float(r["loss"]), float(r["nll"]), float(r["gap"])
+        assert gap >= 0 and loss == pytest.approx(nll + trace_weight * gap, rel=1e-4, abs=1e-5)
 
 
 def test_out_of_memory_is_told_from_other_errors():

@@ -1,7 +1,8 @@
 """dbsn: self-supervised image denoising with dilated blind-spot networks (DBSN, ECCV 2020)."""
 
 from .fusion import bayes_fusion
-from .inference import Denoiser, evaluate, load
+from .denoiser import Denoiser, load
+from .evaluation import evaluate
 from .nn import create_model, list_models
 from .noise import parse_noise
 

@@ -1,4 +1,4 @@
-"""Command line: ``dbsn train | distill | evaluate | denoise | demo | models | list | export``.
+"""Command line: ``dbsn train | distill | evaluate | denoise | add-noise | demo | models | list | export | bundle``.
 
 Parse, then call one library function.
 """
@@ -8,63 +8,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from .data.io import MAX_PIXELS
-from .data.patches import MAX_PATCH, MIN_SIDE
-from .runtime import ENSEMBLES, INFERENCE_PRECISIONS, PRECISIONS
+from .nn.masked import MASK_MODES
+from .nn.blind_spot import ESTIMATOR_INPUTS
+from .nn.students import COLOURS
+from .options import add_arguments, comma_numbers, from_arguments, number_type
+from .runtime import ENSEMBLES, INFERENCE_PRECISIONS
+from .train.distill import DistillOptions
+from .train.stage1 import TrainOptions
 
 log = logging.getLogger("dbsn")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-WORKERS_HELP = ("processes that draw training batches (0: this process); a GPU needs a few, "
-                "a small CPU machine none")
-CACHE_HELP = ("keep the decoded training images in memory up to this many GB (default: half the available "
-              "memory); a larger set is decoded from its files on demand, which --workers hides")
 ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies of each image: that many "
                  "times slower, about 0.1 dB better with 8")
 MEMORY_HELP = ("working memory for the model, e.g. 512M or 4G (default: a quarter of the memory available, "
                "from 256M to 8G); larger images are denoised in tiles with the same result")
-EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
-PATCH_HELP = f"side of the square training patches ({MIN_SIDE} to {MAX_PATCH}, at most twice the largest image side)"
 OVERWRITE_RUN_HELP = ("start a new run in an -o that holds one: its checkpoint.pt, model.safetensors, log.csv and "
                       "run.json are removed first")
 
-
-def _number(kind, low=None, high=None, low_open=False, what="", high_open=False):
-    """An argparse type: a finite ``kind`` (int or float) in [low, high] (``low_open``: above ``low``,
-    ``high_open``: below ``high``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what or ('an integer' if kind is int else 'a number')}, "
-                                             f"got {text!r}") from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            bounds = (f"above {low}" if low_open else f"at least {low}") if low is not None else ""
-            if high is not None:
-                top = f"below {high}" if high_open else f"at most {high}"
-                bounds = f"{bounds} and {top}" if bounds else top
-            raise argparse.ArgumentTypeError(f"expected {what or 'a value'} {bounds}, got {text!r}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-POSITIVE_INT = _number(int, 1, what="an integer")
-NON_NEGATIVE_INT = _number(int, 0, what="an integer")
-POSITIVE = _number(float, 0, low_open=True, what="a number")
-NON_NEGATIVE = _number(float, 0, what="a number")
-FRACTION = _number(float, 0, 1, what="a number")
-BELOW_ONE = _number(float, 0, 1, what="a number", high_open=True)  # [0, 1): --ema, --val-fraction
-PATCH = _number(int, MIN_SIDE, MAX_PATCH, what="a patch size")
+POSITIVE_INT = number_type(int, 1, what="an integer")
+NON_NEGATIVE_INT = number_type(int, 0, what="an integer")
+POSITIVE = number_type(float, 0, low_open=True, what="a number")
 
 
 def _memory(text: str) -> str:
@@ -77,10 +46,10 @@ def _memory(text: str) -> str:
     return text
 
 
-def _budget(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=POSITIVE_INT, help="number of optimisation steps")
-    group.add_argument("--minutes", type=POSITIVE, help="wall-clock budget in minutes")
+def _training_groups(parser: argparse.ArgumentParser) -> dict:
+    """The argument groups the training options name (``option(group=...)``)."""
+    return {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model"),
+            "budget": parser.add_mutually_exclusive_group(), "optimisation": parser.add_argument_group("optimisation")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,85 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a stage-1 model (D-BSN, noise estimator) from noisy images")
     t.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
-    data = t.add_argument_group("data (give --noisy, or --clean with --noise)")
-    data.add_argument("--noisy", nargs="+", help="folder(s) of real noisy images (no clean images needed)")
-    data.add_argument("--clean", nargs="+", help="folder(s) of clean images to add synthetic noise to")
-    data.add_argument("--noise", help="synthetic noise: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg")
-    data.add_argument("--fixed-noise", action="store_true",
-                      help="one fixed seed-0 noisy realisation per image, as in the evaluation protocol")
-    data.add_argument("--channels", type=int, choices=(1, 3), help="force gray (1) or colour (3)")
-    m = t.add_argument_group("model")
-    m.add_argument("--model", default="dbsn_small", help="registered model name (see `dbsn models`)")
+    groups = _training_groups(t)
+    groups["data"].description = "give --noisy, or --clean with --noise"
+    add_arguments(t, TrainOptions, groups)
+    m = groups["model"]  # the settings of the model itself, stored as model_kwargs
     m.add_argument("--width", type=POSITIVE_INT, help="feature channels c (paper: 96)")
     m.add_argument("--blocks", type=POSITIVE_INT, help="dilated blocks per branch B (paper: 8)")
-    m.add_argument("--mask-mode", choices=("mask", "trimmed"), help="centre-masked convolution variant")
-    m.add_argument("--estimator-input", choices=("paper", "residual"),
+    m.add_argument("--mask-mode", choices=MASK_MODES, help="centre-masked convolution variant")
+    m.add_argument("--estimator-input", choices=ESTIMATOR_INPUTS,
                    help="what CNN_est reads for AWGN and MG: y (paper, the default) or y - mu (residual: needed "
                         "for a range of noise levels)")
-    m.add_argument("--init", help="start from these weights (checkpoint, weights file or bundled name): fine-tuning")
-    m.add_argument("--noise-model", choices=("awgn", "hg", "mg"),
-                   help="noise heads; default: the kind of --noise, or hg for real noisy images")
-    o = t.add_argument_group("optimisation")
-    _budget(o)
-    o.add_argument("--schedule", choices=("three-phase", "joint"), default="three-phase",
-                   help="three-phase: L2 on mu, heads with mu frozen, joint (default); joint: official")
-    o.add_argument("--phase-split", default="0.6,0.1,0.3", help="shares of the budget for the three phases")
-    o.add_argument("--loss", choices=("dbsn", "nll"), default="dbsn", help="constrained DBSN loss or plain NLL")
-    o.add_argument("--trace-weight", type=FRACTION, default=1.0,
-                   help="weight of the DBSN loss's gap over the NLL: 1 is the paper's loss, 0 the NLL")
-    o.add_argument("--batch-size", type=POSITIVE_INT, default=8)
-    o.add_argument("--patch-size", type=PATCH, default=96, help=PATCH_HELP)
-    o.add_argument("--lr", type=NON_NEGATIVE, default=3e-4, help="Adam learning rate of the D-BSN")
-    o.add_argument("--lr-heads", type=NON_NEGATIVE, default=3e-3, help="Adam learning rate of the two heads")
-    o.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="autocast for the D-BSN (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a "
-                        "gradient scaler); the heads and the losses stay in fp32")
-    o.add_argument("--ema", type=BELOW_ONE, default=0.0, help=EMA_HELP)
-    o.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help=WORKERS_HELP)
-    o.add_argument("--cache-gb", type=NON_NEGATIVE, help=CACHE_HELP)
-    o.add_argument("--heads-cache-gb", type=NON_NEGATIVE, default=1.0,
-                   help="heads phase: compute the frozen D-BSN once on large crops, up to this many GB, and "
-                        "train the heads on them (0: a D-BSN pass per heads step)")
-    o.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    o.add_argument("--val-fraction", type=BELOW_ONE, default=0.1, help="share of images held out for validation")
-    o.add_argument("--val-every", type=POSITIVE_INT, default=200, help="validate every this many steps")
-    o.add_argument("--save-every", type=POSITIVE_INT, default=500, help="write checkpoint.pt every this many steps")
-    o.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps")
     t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
 
     k = sub.add_parser("distill", help="stage 2: distil a stage-1 model into a fast ordinary denoiser")
     k.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, model.safetensors, log.csv")
-    k.add_argument("--teacher", help="stage-1 checkpoint or weights from `dbsn train`")
-    k.add_argument("--noisy", help="folder of real noisy images (targets: the teacher's x_hat)")
-    k.add_argument("--clean", nargs="+", help="one or more folders of clean images, unpaired with --noisy")
-    k.add_argument("--student", default="unet_small", help="student model name (see `dbsn models`)")
+    add_arguments(k, DistillOptions, {"budget": k.add_mutually_exclusive_group()})
     k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
     k.add_argument("--depth", type=POSITIVE_INT, help="student conv layers per level")
-    k.add_argument("--colour", choices=("joint", "opponent"),
+    k.add_argument("--colour", choices=COLOURS,
                    help="colour students: one network on RGB (joint, the default) or one gray network per "
                         "opponent channel, guided by the luminance (opponent; --init may name a gray student)")
-    k.add_argument("--init", help="start the student from these weights (a student's checkpoint, weights file or "
-                                  "bundled name): fine-tuning, or growing an MWCNN of fewer --depth layers deeper")
-    _budget(k)
-    k.add_argument("--batch-size", type=POSITIVE_INT, default=16)
-    k.add_argument("--patch-size", type=PATCH, default=96, help=PATCH_HELP)
-    k.add_argument("--noisy-share", type=FRACTION, default=0.125, help="share of real noisy patches per batch")
-    k.add_argument("--weight-noisy", type=NON_NEGATIVE, default=0.1, help="loss weight of the real noisy pairs")
-    k.add_argument("--weight-clean", type=NON_NEGATIVE, default=1.0, help="loss weight of the synthetic pairs")
-    k.add_argument("--u-range", default="0.9,1.1", help="range of the per-batch noise scale u")
-    k.add_argument("--synthetic-levels", choices=("clean", "noisy"), default="clean",
-                   help="noise level of the synthetic pairs: CNN_est on each clean image (clean, the paper) or "
-                        "the levels measured on the noisy images (noisy; AWGN and MG)")
-    k.add_argument("--lr", type=NON_NEGATIVE, default=1e-3, help="Adam learning rate of the student")
-    k.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast for the student")
-    k.add_argument("--ema", type=BELOW_ONE, default=0.0, help=EMA_HELP)
-    k.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help=WORKERS_HELP)
-    k.add_argument("--cache-gb", type=NON_NEGATIVE, help=CACHE_HELP)
-    k.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    k.add_argument("--val-every", type=POSITIVE_INT, default=200, help="validate every this many steps")
-    k.add_argument("--save-every", type=POSITIVE_INT, default=500, help="write checkpoint.pt every this many steps")
-    k.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
     k.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
     k.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
 
@@ -215,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--out", default="dbsn-demo", help="folder for the outputs")
     demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
+    b = sub.add_parser("bundle", help="package a trained run to share: weights, a model card, index.json")
+    b.add_argument("run", help="folder of a finished `dbsn train` or `dbsn distill` run")
+    b.add_argument("-o", "--out", required=True,
+                   help="model folder (index.json, weights, cards); DBSN_WEIGHTS=FOLDER serves it by name")
+    b.add_argument("--name", required=True, help="the model's name, e.g. microscope-gray")
+    b.add_argument("--description", default="", help="one line: which images and which noise it is for")
+    b.add_argument("--check", help="folder of clean images, not used in training, to choose the storage on")
+    b.add_argument("--noise", help="with --check: the noise they get (the evaluation protocol), e.g. awgn:25")
+    b.add_argument("--storage", choices=("auto", "int8", "fp16", "fp32"), default="auto",
+                   help="auto: the smallest storage within 0.01 dB of fp32 on --check (fp32 without --check)")
+    b.add_argument("--default", action="store_true", help="make it the folder's default for its channels")
+    b.add_argument("--overwrite", action="store_true", help="replace a model of this name in the folder")
+
     x = sub.add_parser("export", help="export a student to ONNX, checked against onnxruntime")
     x.add_argument("--model", required=True, help="student checkpoint, weights or bundled name")
     x.add_argument("--format", choices=("onnx",), default="onnx")
@@ -245,22 +169,23 @@ def _train_options(args: argparse.Namespace):
 
     model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode),
                                       ("estimator_input", args.estimator_input)) if v is not None}
-    split = _numbers(args.phase_split, "--phase-split", 3)
-    names = {f.name for f in fields(TrainOptions)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    given.update(model_kwargs=model_kwargs, phase_split=split)
-    return TrainOptions(**given)
+    return from_arguments(TrainOptions, args, model_kwargs=model_kwargs)
 
 
-def _numbers(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
-    """Comma-separated finite numbers (``count`` of them when given)."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or (count is not None and len(values) != count) or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{option} takes {count or 'some'} comma-separated finite numbers, got {text!r}")
-    return values
+def _distill_options(args: argparse.Namespace):
+    from .train.distill import DistillOptions
+
+    student_kwargs = {}
+    if args.widths:
+        widths = comma_numbers()(args.widths, "--widths")
+        if not all(w.is_integer() and w >= 1 for w in widths):
+            raise ValueError(f"--widths takes whole numbers of at least 1, e.g. 32,64,128, got {args.widths!r}")
+        student_kwargs["widths"] = [int(w) for w in widths]
+    if args.depth is not None:
+        student_kwargs["depth"] = args.depth
+    if args.colour:
+        student_kwargs["colour"] = args.colour
+    return from_arguments(DistillOptions, args, student_kwargs=student_kwargs)
 
 
 def _resumed_options(cls, args):
@@ -305,28 +230,7 @@ def cmd_train(args) -> int:
 def cmd_distill(args) -> int:
     from .train.distill import DistillOptions, distill
 
-    if args.resume:
-        options = _resumed_options(DistillOptions, args)
-    else:
-        student_kwargs = {}
-        if args.widths:
-            widths = _numbers(args.widths, "--widths")
-            if not all(w.is_integer() and w >= 1 for w in widths):
-                raise ValueError(f"--widths takes whole numbers of at least 1, e.g. 32,64,128, got {args.widths!r}")
-            student_kwargs["widths"] = [int(w) for w in widths]
-        if args.depth is not None:
-            student_kwargs["depth"] = args.depth
-        if args.colour:
-            student_kwargs["colour"] = args.colour
-        options = DistillOptions(
-            teacher=args.teacher or "", noisy=args.noisy or "", clean=list(args.clean or []),
-            student=args.student, student_kwargs=student_kwargs, init=args.init, steps=args.steps,
-            minutes=args.minutes, batch_size=args.batch_size, patch_size=args.patch_size,
-            noisy_share=args.noisy_share, weight_noisy=args.weight_noisy, weight_clean=args.weight_clean,
-            u_range=_numbers(args.u_range, "--u-range", 2), synthetic_levels=args.synthetic_levels,
-            lr=args.lr, precision=args.precision, ema=args.ema, workers=args.workers, cache_gb=args.cache_gb,
-            seed=args.seed, val_every=args.val_every, save_every=args.save_every, device=args.device,
-        )
+    options = _resumed_options(DistillOptions, args) if args.resume else _distill_options(args)
     _report(distill(options, args.out, resume=args.resume, progress_bar=not args.quiet, overwrite=args.overwrite),
             args.out)
     return EXIT_OK
@@ -350,7 +254,8 @@ def _new_file(path: str | None, option: str, overwrite: bool, inputs: tuple = ()
 
 def cmd_evaluate(args) -> int:
     from .data.io import atomic_path
-    from .inference import evaluate, format_table, load
+    from .denoiser import load
+    from .evaluation import evaluate, format_table
 
     _new_file(args.json, "--json", args.overwrite, (args.model,))
     denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device,
@@ -388,8 +293,9 @@ def _reference_psnr(written: list[Path], reference: str) -> list[tuple[str, floa
 
 
 def cmd_denoise(args) -> int:
-    from .inference import DefaultDenoisers, denoise_files, load
-    from .pretrained import default_names
+    from .denoiser import load
+    from .files import DefaultDenoisers, denoise_files
+    from .hub import default_names
 
     if args.model is None:
         if not default_names():
@@ -422,7 +328,7 @@ def _report_failures(result) -> int:
 
 
 def cmd_add_noise(args) -> int:
-    from .inference import add_noise_files
+    from .files import add_noise_files
 
     result = add_noise_files(args.inputs, args.out, args.noise, seed=args.seed, channels=args.channels,
                              overwrite=args.overwrite)
@@ -448,20 +354,30 @@ def cmd_models(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx
-    from .pretrained import resolve_model
-    from .train.checkpoint import load_model
+    from .hub import load_model
 
     _new_file(args.out, "-o", args.overwrite, (args.model,))
     try:
-        result = export_onnx(load_model(resolve_model(args.model)), args.out, opset=args.opset)
+        result = export_onnx(load_model(args.model), args.out, opset=args.opset)
     except ImportError as err:
         raise ValueError(str(err)) from None
     print(f"wrote {result['path']}; onnxruntime vs torch: max abs difference {result['max_abs_diff']:.2e}")
     return EXIT_OK
 
 
+def cmd_bundle(args) -> int:
+    from .bundle import bundle_run
+
+    result = bundle_run(args.run, args.out, args.name, args.description, check=args.check, noise=args.noise,
+                        storage=args.storage, default=args.default, overwrite=args.overwrite)
+    check = (f"; PSNR on --check {result['psnr_fp32']:.3f} dB in fp32, {result['psnr_stored']:.3f} as stored"
+             if result["psnr_fp32"] is not None else "")
+    print(f"wrote {result['weights']} ({result['storage']}), {result['card']}, {result['index']}{check}")
+    return EXIT_OK
+
+
 def cmd_list(args) -> int:
-    from .pretrained import bundled_models, default_names, weights_folder
+    from .hub import bundled_models, default_names, weights_folder
 
     models, defaults = bundled_models(), default_names()
     if not models:
@@ -476,7 +392,8 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise,
-            "add-noise": cmd_add_noise, "demo": cmd_demo, "models": cmd_models, "list": cmd_list, "export": cmd_export}
+            "add-noise": cmd_add_noise, "demo": cmd_demo, "models": cmd_models, "list": cmd_list, "export": cmd_export,
+            "bundle": cmd_bundle}
 
 
 def main(argv: list[str] | None = None) -> int:

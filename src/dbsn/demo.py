@@ -16,9 +16,9 @@ import torch
 
 from .data.io import list_images, read_image
 from .figure import before_after
-from .inference import DefaultDenoisers, denoise_files
+from .files import DefaultDenoisers, denoise_files
 from .metrics import psnr
-from .pretrained import default_names
+from .hub import default_names
 
 log = logging.getLogger("dbsn")
 

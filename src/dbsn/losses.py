@@ -52,8 +52,7 @@ def nll_loss(y, mu, s_mu, s_n) -> torch.Tensor:
 
     The constant ``C/2 log(2 pi)`` is left out.
     """
-    quad, logdet_s, _, _ = _gaussian_terms(y, mu, s_mu, s_n)
-    return _mean(0.5 * (quad + logdet_s), y.shape[1])
+    return gaussian_loss_parts("nll", y, mu, s_mu, s_n)["loss"]
 
 
 def dbsn_loss(y, mu, s_mu, s_n, trace_weight: float = 1.0) -> torch.Tensor:
@@ -67,15 +66,29 @@ def dbsn_loss(y, mu, s_mu, s_n, trace_weight: float = 1.0) -> torch.Tensor:
     0 the plain NLL. Between the two, ``cov_mu`` stays close to the error of ``mu``
     (as the NLL makes it) while the gap still breaks the tie in favour of the noise.
     """
-    quad, logdet_s, logdet_n, trace = _gaussian_terms(y, mu, s_mu, s_n)
-    gap = logdet_n + trace - logdet_s
-    return _mean(0.5 * (quad + logdet_s + trace_weight * gap), y.shape[1])
+    return gaussian_loss_parts("dbsn", y, mu, s_mu, s_n, trace_weight)["loss"]
 
 
 def gaussian_loss(name: str, y, mu, s_mu, s_n, trace_weight: float = 1.0) -> torch.Tensor:
-    """Dispatch to ``nll_loss`` or ``dbsn_loss`` by name."""
+    """``nll_loss`` or ``dbsn_loss`` by name."""
+    return gaussian_loss_parts(name, y, mu, s_mu, s_n, trace_weight)["loss"]
+
+
+LOSSES = ("dbsn", "nll")  # the constrained DBSN loss, the plain NLL
+
+
+def gaussian_loss_parts(name: str, y, mu, s_mu, s_n, trace_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """``{"loss": the named loss, "nll": the NLL, "gap": the DBSN loss's gap over it}``; the parts
+    detached, for the training log (the gap unweighted: ``loss = nll + trace_weight * gap`` for
+    ``"dbsn"``, ``nll`` for ``"nll"``)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; expected 'nll' or 'dbsn'")
+    quad, logdet_s, logdet_n, trace = _gaussian_terms(y, mu, s_mu, s_n)
+    gap = logdet_n + trace - logdet_s
+    c = y.shape[1]
     if name == "nll":
-        return nll_loss(y, mu, s_mu, s_n)
-    if name == "dbsn":
-        return dbsn_loss(y, mu, s_mu, s_n, trace_weight)
-    raise ValueError(f"unknown loss {name!r}; expected 'nll' or 'dbsn'")
+        loss = _mean(0.5 * (quad + logdet_s), c)
+    else:
+        loss = _mean(0.5 * (quad + logdet_s + trace_weight * gap), c)
+    with torch.no_grad():
+        return {"loss": loss, "nll": _mean(0.5 * (quad + logdet_s), c), "gap": _mean(0.5 * gap, c)}

@@ -13,7 +13,7 @@ import torch
 PRECISIONS = ("fp32", "bf16", "fp16")
 # inference may also leave the choice to the machine (resolve_precision)
 INFERENCE_PRECISIONS = ("auto",) + PRECISIONS
-# inference: how many mirrored and rotated copies of the input to average (dbsn.inference)
+# inference: how many mirrored and rotated copies of the input to average (dbsn.denoiser)
 ENSEMBLES = (1, 2, 4, 8)
 
 

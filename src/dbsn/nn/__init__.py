@@ -4,7 +4,7 @@ from .bsn import DBSN
 from .heads import NoiseEstimator, VarMuHead
 from .masked import CentreMaskedConv2d
 from .registry import create_model, list_models, register_model
-from .stage1 import DBSNModel
+from .blind_spot import DBSNModel
 from .students import MWCNN, UNetSmall, haar_dwt, haar_iwt
 
 __all__ = [

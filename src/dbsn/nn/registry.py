@@ -9,7 +9,9 @@ from torch import nn
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
 _KINDS: dict[str, str] = {}
-KINDS = ("blind-spot", "student")
+# the kinds of model, and the stage of the method each one is (as model cards and `dbsn list` name it)
+STAGE_OF_KIND = {"blind-spot": "stage1", "student": "student"}
+KINDS = tuple(STAGE_OF_KIND)
 
 
 def register_model(name: str, kind: str, **defaults):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import full_precision
+from ..runtime import autocast, full_precision
 from ..tiling import TileSpec, pad_reflect
 from .registry import register_model
 
@@ -31,6 +31,24 @@ from .registry import register_model
 # (gray, fp32, 256 x 256) and 2.7-20x the others (fp32 and bf16, 256 x 256 to 1024 x 1024);
 # the earlier 16 was 2.7-10x every peak, and tiled photos needlessly
 STUDENT_BYTES = 10
+
+
+class Student(nn.Module):
+    """What a student shares with the stage-1 model: the two calls through which tiling, the
+    :class:`dbsn.Denoiser` and export run every model, whatever kind it is.
+
+    ``pixel_parts(y, precision)`` gives the outputs that depend on each pixel's neighbourhood only,
+    so tiles can compute them; ``assemble(y, parts, gamma)`` turns the stitched parts into the
+    outputs (for a student, they are the outputs already; ``gamma`` is a stage-1 model's).
+    """
+
+    def pixel_parts(self, y: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
+        with autocast(precision, y.device):
+            out = self(y)
+        return {k: v.to(y.dtype) for k, v in out.items()}
+
+    def assemble(self, y: torch.Tensor, parts: dict[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        return dict(parts)
 
 
 def haar_dwt(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +102,7 @@ def _pad_to_multiple(y: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return pad_reflect(y, (-h) % multiple, (-w) % multiple), (h, w)
 
 
-class MWCNN(nn.Module):
+class MWCNN(Student):
     """Multi-level wavelet CNN (Liu et al. 2018): a U-Net whose down- and up-sampling are Haar DWT/IWT.
 
     Args:
@@ -196,7 +214,7 @@ class MWCNN(nn.Module):
         self.load_state_dict(grown)
 
 
-class UNetSmall(nn.Module):
+class UNetSmall(Student):
     """A light CPU student: a small U-Net with strided-conv down- and transposed-conv up-sampling.
 
     Most of its work runs at 1/4 and 1/16 of the pixels, so its cost per pixel is a small
@@ -241,7 +259,7 @@ def _opponent_matrix() -> torch.Tensor:
     return torch.tensor([[1 / r3, 1 / r3, 1 / r3], [1 / r2, 0.0, -1 / r2], [1 / r6, -2 / r6, 1 / r6]])
 
 
-class OpponentColour(nn.Module):
+class OpponentColour(Student):
     """A colour denoiser made of one gray network applied in an opponent colour space.
 
     The transform is orthonormal, so i.i.d. noise of std ``s`` on R, G and B stays i.i.d.

@@ -26,23 +26,24 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .. import distributed, linalg
+from ..options import comma_numbers, option
 from ..data import BatchStream, PatchSampler, cache_budget, load_folder, seeded_generator
 from ..data.patches import MIN_SIDE, check_patch_size
-from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
 from ..nn.registry import model_kind
-from ..pretrained import resolve_model
-from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
+from ..runtime import autocast, grad_scaler, memory_format_for
 from ..seeds import VALIDATION, stream_seed
-from .checkpoint import init_weights, load_model
-from .loop import check_budget, check_common, check_ema, check_number, cosine, prepare_run, run_loop
+from ..denoiser import Denoiser
+from ..hub import load_model
+from .init import init_weights
+from .loop import RunOptions, cosine, run_task
 
 log = logging.getLogger("dbsn")
 
@@ -50,55 +51,39 @@ SYNTHETIC_LEVELS = ("clean", "noisy")
 
 
 @dataclass
-class DistillOptions:
-    """Everything a distillation run needs; stored in its checkpoints."""
+class DistillOptions(RunOptions):
+    """Everything a distillation run needs (:class:`RunOptions`, with its own batch size and rate, and
+    these); stored in its checkpoints."""
 
-    teacher: str = ""
-    noisy: str = ""
-    clean: list[str] = field(default_factory=list)
-    student: str = "unet_small"
-    student_kwargs: dict = field(default_factory=dict)
-    init: str | None = None
-    steps: int | None = None
-    minutes: float | None = None
-    batch_size: int = 16
-    patch_size: int = 96
-    noisy_share: float = 0.125
-    weight_noisy: float = 0.1
-    weight_clean: float = 1.0
-    u_range: tuple[float, float] = (0.9, 1.1)
-    synthetic_levels: str = "clean"
-    lr: float = 1e-3
-    seed: int = 0
-    precision: str = "fp32"
-    ema: float = 0.0
-    workers: int = 0
-    cache_gb: float | None = None
-    val_patches: int = 16
-    val_every: int = 200
-    save_every: int = 500
-    device: str = "auto"
+    init: str | None = option(None, "start the student from these weights (a student's checkpoint, weights file "
+                                    "or bundled name): fine-tuning, or growing an MWCNN of fewer --depth layers deeper")
+    batch_size: int = option(16, "patches per step", low=1, integer=True)
+    lr: float = option(1e-3, "Adam learning rate of the student", low=0)
+    teacher: str = option("", "stage-1 checkpoint or weights from `dbsn train`")
+    noisy: str = option("", "folder of real noisy images (targets: the teacher's x_hat)")
+    clean: list[str] = option(help="one or more folders of clean images, unpaired with --noisy", nargs="+",
+                              factory=list)
+    student: str = option("unet_small", "student model name (see `dbsn models`)")
+    student_kwargs: dict = option(help="settings of the student (--widths, --depth, --colour)", factory=dict,
+                                  cli=False)
+    noisy_share: float = option(0.125, "share of real noisy patches per batch", low=0, high=1)
+    weight_noisy: float = option(0.1, "loss weight of the real noisy pairs", low=0)
+    weight_clean: float = option(1.0, "loss weight of the synthetic pairs", low=0)
+    u_range: tuple[float, float] = option((0.9, 1.1), "range of the per-batch noise scale u", parse=comma_numbers(2))
+    synthetic_levels: str = option("clean", "noise level of the synthetic pairs: CNN_est on each clean image (clean, "
+                                            "the paper) or the levels measured on the noisy images (noisy; AWGN and "
+                                            "MG)", choices=SYNTHETIC_LEVELS)
 
     def validate(self) -> None:
         if not self.teacher:
             raise ValueError("give --teacher STAGE1_CKPT (a model trained by `dbsn train`)")
         if not self.noisy or not self.clean:
             raise ValueError("give --noisy DIR (real noisy images) and at least one --clean DIR (unpaired clean images)")
-        check_budget(self.steps, self.minutes)
-        check_number("--noisy-share", self.noisy_share, 0, 1)
-        if self.synthetic_levels not in SYNTHETIC_LEVELS:
-            raise ValueError(f"--synthetic-levels must be one of {SYNTHETIC_LEVELS}, got {self.synthetic_levels!r}")
+        super().validate()  # the ranges and choices of every option, these too
         u_range = tuple(self.u_range)
         if (len(u_range) != 2 or not all(isinstance(u, numbers.Real) and math.isfinite(u) for u in u_range)
                 or not 0 < u_range[0] <= u_range[1]):
             raise ValueError(f"--u-range expects two finite numbers 0 < low <= high, e.g. 0.9,1.1, got {self.u_range}")
-        check_workers(self.workers)
-        cache_budget(self.cache_gb)  # refuses a negative or infinite size
-        check_number("--weight-noisy", self.weight_noisy, 0)
-        check_number("--weight-clean", self.weight_clean, 0)
-        check_common(self)
-        check_precision(self.precision)
-        check_ema(self.ema)
         if model_kind(self.student) != "student":
             raise ValueError(f"--student must be a student model (e.g. unet_small, mwcnn), got {self.student!r}")
 
@@ -140,9 +125,7 @@ class DistillData:
 
     def __init__(self, options: DistillOptions, teacher, generator: torch.Generator,
                  device: torch.device = torch.device("cpu"), ctx: Context = Context()):
-        from ..inference import Denoiser
-
-        per_pixel = teacher.noise_model == "hg"
+        per_pixel = teacher.heads.noise_per_pixel
         # the teacher and the options must fit before its images are read and denoised
         if options.synthetic_levels == "clean" and teacher.estimator_input == "residual":
             raise ValueError("this teacher's noise estimator reads the residual y - mu, which a clean image does "
@@ -214,12 +197,13 @@ class DistillData:
 
 
 class DistillTask:
+    loss_parts = ["teacher_mse", "synthetic_mse"]  # on the teacher's targets, on the synthetic pairs (unweighted)
     log_fields = ["val_psnr_teacher", "val_psnr_synthetic"]
 
     def __init__(self, options: DistillOptions, device: torch.device, ctx: Context = Context()):
         self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
-        teacher = load_model(resolve_model(options.teacher))
+        teacher = load_model(options.teacher)
         if model_kind(teacher.config["name"]) != "blind-spot":
             raise ValueError(f"--teacher must be a stage-1 model from `dbsn train`, got {teacher.config['name']!r}")
         for p in teacher.parameters():
@@ -237,7 +221,7 @@ class DistillTask:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
         self.scaler = grad_scaler(options.precision, device)
 
-    def step(self, progress: float) -> dict:
+    def losses(self, progress: float) -> dict:
         lr = self.options.lr * cosine(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -247,16 +231,18 @@ class DistillTask:
             pred = self.net(y)["x_hat"]
         pred = pred.float()
         n = y_i.shape[0]
-        loss = y.new_zeros(())
+        loss, parts = y.new_zeros(()), {}
         if n:
-            loss = loss + self.options.weight_noisy * torch.mean((pred[:n] - x_hat_i) ** 2)
+            parts["teacher_mse"] = torch.mean((pred[:n] - x_hat_i) ** 2)
+            loss = loss + self.options.weight_noisy * parts["teacher_mse"]
         if y_j.shape[0]:
-            loss = loss + self.options.weight_clean * torch.mean((pred[n:] - x_j) ** 2)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {"loss": loss.item(), "phase": "distill", "lr": lr}
+            parts["synthetic_mse"] = torch.mean((pred[n:] - x_j) ** 2)
+            loss = loss + self.options.weight_clean * parts["synthetic_mse"]
+        return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "phase": "distill", "lr": lr}
+
+    def summary(self) -> dict:
+        return {"teacher": self.teacher_config, "images_noisy": self.data.n_images[0],
+                "images_clean": self.data.n_images[1], "skipped": [str(p) for p, _ in self.data.skipped]}
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -270,17 +256,4 @@ class DistillTask:
 def distill(options: DistillOptions, out_dir: str, resume: bool = False, progress_bar: bool = True,
             overwrite: bool = False) -> dict:
     """Distil a stage-1 teacher into a student in ``out_dir`` (same files and rules as :func:`dbsn.train.train`)."""
-    options.validate()
-    ctx, device = distributed.setup(options.device)
-    task = None
-    try:
-        state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
-        task = DistillTask(options, device, ctx)
-        return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
-            "teacher": task.teacher_config, "images_noisy": task.data.n_images[0],
-            "images_clean": task.data.n_images[1], "skipped": [str(p) for p, _ in task.data.skipped],
-            "device": str(device),
-        })
-    finally:
-        task = None  # the model's DDP wrapper goes before its process group
-        distributed.teardown(ctx)
+    return run_task(DistillTask, options, out_dir, resume, progress_bar, overwrite)

@@ -1,7 +1,8 @@
-"""One plain training loop shared by every training task.
+"""One plain training loop shared by every training task, and the options every task has.
 
-A task owns its model, optimizer and data; the loop owns the budget (steps or
-minutes), the progress bar, the CSV log, validation, checkpoints and resume.
+A task owns its model, optimizer and data and says what the loss of a batch is; the loop
+owns the optimiser step, the budget (steps or minutes), the progress bar, the CSV log
+(the loss and its parts), validation, checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -14,64 +15,103 @@ import math
 import numbers
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from ..data import BatchStream
+from ..data import BatchStream, cache_budget
 from ..data.io import atomic_path, remove_stale_temporaries
 from ..data.patches import MAX_PATCH, MIN_SIDE
+from ..data.stream import check_workers
+from .. import distributed
 from ..distributed import Context, parameter_checksum
-from ..runtime import is_out_of_memory
-from .checkpoint import read_checkpoint, save_checkpoint, save_weights
+from ..hub import read_checkpoint, save_checkpoint, save_weights
+from ..options import check_number, check_ranges, option
+from ..runtime import PRECISIONS, is_out_of_memory
 from .ema import EMA
 
 log = logging.getLogger("dbsn")
 
 
+INIT_HELP = "start from these weights (checkpoint, weights file or bundled name): fine-tuning"
+PATCH_HELP = f"side of the square training patches ({MIN_SIDE} to {MAX_PATCH}, at most twice the largest image side)"
+PRECISION_HELP = ("autocast for the network (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a gradient "
+                  "scaler); the heads and the losses stay in fp32")
+EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
+WORKERS_HELP = ("processes that draw training batches (0: this process); a GPU needs a few, "
+                "a small CPU machine none")
+CACHE_HELP = ("keep the decoded training images in memory up to this many GB (default: half the available "
+              "memory); a larger set is decoded from its files on demand, which --workers hides")
+
+
+@dataclass
+class RunOptions:
+    """The options every training run has; a task's options add their own (and may change a default).
+
+    Stored in every checkpoint and in ``run.json``; the command line is built from the fields.
+    """
+
+    init: str | None = option(None, INIT_HELP, group="model")
+    steps: int | None = option(None, "number of optimisation steps", low=1, integer=True, group="budget")
+    minutes: float | None = option(None, "wall-clock budget in minutes", low=0, low_open=True, group="budget")
+    batch_size: int = option(8, "patches per step", low=1, integer=True, group="optimisation")
+    patch_size: int = option(96, PATCH_HELP, low=MIN_SIDE, high=MAX_PATCH, integer=True, what="a patch size",
+                             group="optimisation")
+    lr: float = option(3e-4, "Adam learning rate of the network (the D-BSN; in distillation, the student)", low=0,
+                       group="optimisation")
+    seed: int = option(0, "seed of every random draw of the run", low=0, integer=True, group="optimisation")
+    precision: str = option("fp32", PRECISION_HELP, choices=PRECISIONS, group="optimisation")
+    ema: float = option(0.0, EMA_HELP, low=0, high=1, high_open=True, group="optimisation")
+    workers: int = option(0, WORKERS_HELP, low=0, integer=True, group="optimisation")
+    cache_gb: float | None = option(None, CACHE_HELP, low=0, group="optimisation")
+    val_patches: int = option(16, "validation patches", low=1, integer=True, cli=False)
+    val_every: int = option(200, "validate every this many steps", low=1, integer=True, group="optimisation")
+    save_every: int = option(500, "write checkpoint.pt every this many steps", low=1, integer=True,
+                             group="optimisation")
+    device: str = option("auto", "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps", group="optimisation")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with what to change when an option is out of its range."""
+        check_budget(self.steps, self.minutes)
+        check_ema(self.ema)
+        check_ranges(self)
+        check_workers(self.workers)
+        cache_budget(self.cache_gb)  # refuses a negative or infinite size
+
+
 class Task(Protocol):
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16's gradient scaler; inactive otherwise
     generator: torch.Generator
     stream: BatchStream  # the training batches, drawn from ``generator`` or by worker processes
-    log_fields: list[str]
+    loss_parts: list[str]  # the parts ``losses`` returns beside ``"loss"``, logged in their columns
+    log_fields: list[str]  # what ``validate`` returns
 
-    def step(self, progress: float) -> dict:
-        """One optimisation step at ``progress`` (0 to 1); returns ``{"loss", "phase", "lr", ...}``."""
+    def losses(self, progress: float) -> dict:
+        """The loss of one batch at ``progress`` (0 to 1): ``{"loss": tensor to minimise, part: tensor, ...,
+        "phase": str, "lr": float}``; the loop takes the optimiser step."""
 
     def validate(self) -> dict:
         """Validation metrics (floats)."""
+
+    def summary(self) -> dict:
+        """What ``run.json`` records of the task's data (image counts, skipped files, ...)."""
+
+
+def optimiser_step(task: Task, loss: torch.Tensor) -> None:
+    """One step of ``task.optimizer`` on ``loss`` (scaled for fp16)."""
+    task.optimizer.zero_grad(set_to_none=True)
+    task.scaler.scale(loss).backward()
+    task.scaler.step(task.optimizer)
+    task.scaler.update()
 
 
 def cosine(q: float, floor: float = 0.05) -> float:
     """Learning-rate factor: from 1 at ``q = 0`` down to ``floor`` at ``q = 1``."""
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
-
-
-def check_number(option: str, value, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
-    """Refuse a ``value`` that is not a finite number (``integer``: a whole one) in its range.
-
-    The command line's types check the same; this is for callers of the library, whose
-    options reach the loop without them.
-    """
-    kind = "a whole number" if integer else "a finite number"
-    bounds = []
-    if low is not None:
-        bounds.append(f"above {low:g}" if low_open else f"at least {low:g}")
-    if high is not None:
-        bounds.append(f"below {high:g}" if high_open else f"at most {high:g}")
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    fits = is_number and math.isfinite(value) and (not integer or float(value).is_integer())
-    if fits and low is not None:
-        fits = value > low if low_open else value >= low
-    if fits and high is not None:
-        fits = value < high if high_open else value <= high
-    if not fits:
-        expected = " ".join([kind, " and ".join(bounds)]).strip()
-        raise ValueError(f"{option} expects {expected}, got {value!r}")
 
 
 def check_budget(steps: int | None, minutes: float | None) -> None:
@@ -86,18 +126,6 @@ def check_budget(steps: int | None, minutes: float | None) -> None:
 def check_ema(decay: float) -> None:
     if not (isinstance(decay, numbers.Real) and 0.0 <= decay < 1.0):  # NaN fails the comparison too
         raise ValueError(f"--ema takes a decay in [0, 1) (0: off, e.g. 0.995), got {decay}")
-
-
-def check_common(options) -> None:
-    """The numeric options every training task has: sizes, rates, seed and the logging intervals."""
-    check_number("--batch-size", options.batch_size, 1, integer=True)
-    check_number("--patch-size", options.patch_size, MIN_SIDE, MAX_PATCH, integer=True)
-    check_number("--lr", options.lr, 0)
-    check_number("--seed", options.seed, 0, integer=True)
-    check_number("--val-every", options.val_every, 1, integer=True)
-    check_number("--save-every", options.save_every, 1, integer=True)
-    check_number("val_patches", options.val_patches, 1, integer=True)
-    check_number("--workers", options.workers, 0, integer=True)
 
 
 RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "run.json")  # what a run writes into its folder
@@ -192,6 +220,23 @@ def _trim_log(path: Path, step: int, fields: list[str]) -> None:
             tmp.write_text(kept)
 
 
+def run_task(task_class, options: RunOptions, out_dir: str, resume: bool = False, progress_bar: bool = True,
+             overwrite: bool = False) -> dict:
+    """Validate ``options``, set up the devices (and ``torchrun``'s ranks), prepare ``out_dir``, build
+    ``task_class(options, device, ctx)`` and train it with :func:`run_loop`; returns the summary."""
+    options.validate()
+    ctx, device = distributed.setup(options.device)
+    task = None
+    try:
+        state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
+        task = task_class(options, device, ctx)
+        return run_loop(task, options, out_dir, state, progress_bar,
+                        extra_summary={**task.summary(), "device": str(device)})
+    finally:
+        task = None  # the model's DDP wrapper goes before its process group
+        distributed.teardown(ctx)
+
+
 def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar: bool = True,
              extra_summary: dict | None = None) -> dict:
     """Train ``task`` until ``options.steps`` or ``options.minutes`` is spent.
@@ -248,7 +293,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     def averaged():
         return ema.applied(task.model) if ema is not None else nullcontext(task.model)
 
-    fields = ["step", "phase", "loss", "lr", "elapsed_s", *task.log_fields]
+    fields = ["step", "phase", "loss", *task.loss_parts, "lr", "elapsed_s", *task.log_fields]
     log_path = out / "log.csv"
     total = options.steps if options.steps is not None else int(60 * options.minutes)
     last_val: dict = {}
@@ -266,7 +311,9 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
         try:
             while progress(step, elapsed) < 1.0:
                 t0 = time.perf_counter()
-                row = task.step(progress(step, elapsed))
+                parts = task.losses(progress(step, elapsed))
+                optimiser_step(task, parts["loss"])
+                row = {k: (v.item() if torch.is_tensor(v) else v) for k, v in parts.items()}
                 if not math.isfinite(row["loss"]):
                     raise FloatingPointError(
                         f"loss became {row['loss']} at step {step}; lower --lr or use --precision fp32"

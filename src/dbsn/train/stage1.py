@@ -16,27 +16,29 @@ Schedules:
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
 from .. import distributed, losses
+from ..losses import LOSSES
+from ..options import comma_numbers, option
 from ..data import BatchStream, ImageFolder, PatchSampler, cache_budget, load_folder, seeded_generator, split_validation
 from ..data.patches import MIN_SIDE, check_patch_size
-from ..data.stream import check_workers
 from ..distributed import Context
 from ..metrics import psnr
 from ..nn import create_model
-from ..nn.stage1 import NOISE_MODELS, std_n_map
+from ..nn.blind_spot import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
-from ..runtime import autocast, check_precision, grad_scaler, memory_format_for
+from ..runtime import grad_scaler, memory_format_for
 from ..seeds import HEADS_CACHE, VALIDATION, stream_seed
-from .checkpoint import init_weights
-from .loop import check_budget, check_common, check_ema, check_number, cosine, prepare_run, run_loop
+from .init import init_weights
+from .loop import RunOptions, cosine, run_task
 
 log = logging.getLogger("dbsn")
 
@@ -48,39 +50,35 @@ _MG_ON_GRAY = ("{given} needs colour images (MG noise correlates the three chann
 
 
 @dataclass
-class TrainOptions:
-    """Everything a stage-1 run needs; stored in its checkpoints."""
+class TrainOptions(RunOptions):
+    """Everything a stage-1 run needs (:class:`RunOptions` and these); stored in its checkpoints."""
 
-    noisy: str | list[str] | None = None
-    clean: str | list[str] | None = None
-    noise: str | None = None
-    fixed_noise: bool = False
-    channels: int | None = None
-    model: str = "dbsn_small"
-    model_kwargs: dict = field(default_factory=dict)
-    init: str | None = None
-    noise_model: str | None = None
-    schedule: str = "three-phase"
-    phase_split: tuple[float, float, float] = (0.6, 0.1, 0.3)
-    loss: str = "dbsn"
-    trace_weight: float = 1.0
-    steps: int | None = None
-    minutes: float | None = None
-    batch_size: int = 8
-    patch_size: int = 96
-    lr: float = 3e-4
-    lr_heads: float = 3e-3
-    seed: int = 0
-    precision: str = "fp32"
-    ema: float = 0.0
-    workers: int = 0
-    cache_gb: float | None = None
-    heads_cache_gb: float = 1.0
-    val_fraction: float = 0.1
-    val_patches: int = 16
-    val_every: int = 200
-    save_every: int = 500
-    device: str = "auto"
+    noisy: str | list[str] | None = option(None, "folder(s) of real noisy images (no clean images needed)",
+                                           nargs="+", group="data")
+    clean: str | list[str] | None = option(None, "folder(s) of clean images to add synthetic noise to", nargs="+",
+                                           group="data")
+    noise: str | None = option(None, "synthetic noise: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg",
+                               group="data")
+    fixed_noise: bool = option(False, "one fixed seed-0 noisy realisation per image, as in the evaluation protocol",
+                               group="data")
+    channels: int | None = option(None, "force gray (1) or colour (3)", choices=(1, 3), group="data")
+    model: str = option("dbsn_small", "registered model name (see `dbsn models`)", group="model")
+    model_kwargs: dict = option(help="settings of the model (--width, --blocks, ...)", factory=dict, cli=False)
+    noise_model: str | None = option(None, "noise heads; default: the kind of --noise, or hg for real noisy images",
+                                     choices=NOISE_MODELS, group="model")
+    schedule: str = option("three-phase", "three-phase: L2 on mu, heads with mu frozen, joint; joint: official",
+                           choices=SCHEDULES, group="optimisation")
+    phase_split: tuple[float, float, float] = option((0.6, 0.1, 0.3), "shares of the budget for the three phases",
+                                                     parse=comma_numbers(3), group="optimisation")
+    loss: str = option("dbsn", "constrained DBSN loss or plain NLL", choices=LOSSES, group="optimisation")
+    trace_weight: float = option(1.0, "weight of the DBSN loss's gap over the NLL: 1 is the paper's loss, 0 the NLL",
+                                 low=0, high=1, group="optimisation")
+    lr_heads: float = option(3e-3, "Adam learning rate of the two heads", low=0, group="optimisation")
+    heads_cache_gb: float = option(1.0, "heads phase: compute the frozen D-BSN once on large crops, up to this many "
+                                        "GB, and train the heads on them (0: a D-BSN pass per heads step)",
+                                   low=0, group="optimisation")
+    val_fraction: float = option(0.1, "share of images held out for validation", low=0, high=1, high_open=True,
+                                 group="optimisation")
 
     def validate(self) -> None:
         """Raise ``ValueError`` with what to change when options do not fit together."""
@@ -94,30 +92,12 @@ class TrainOptions:
             raise ValueError("--noise and --fixed-noise only apply to --clean; real noisy images get no extra noise")
         if self.noise is not None:
             parse_noise(self.noise)
-        check_budget(self.steps, self.minutes)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.loss not in ("nll", "dbsn"):
-            raise ValueError(f"loss must be 'nll' or 'dbsn', got {self.loss!r}")
-        if not 0.0 <= self.trace_weight <= 1.0:
-            raise ValueError(f"trace weight must be in [0, 1] (1: the paper's loss, 0: the NLL), got {self.trace_weight}")
-        check_precision(self.precision)
-        check_ema(self.ema)
-        if self.noise_model is not None and self.noise_model not in NOISE_MODELS:
-            raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        super().validate()  # the ranges and choices of every option, these too
         split = tuple(self.phase_split)
         if (len(split) != 3 or not all(isinstance(s, numbers.Real) and math.isfinite(s) and s >= 0 for s in split)
                 or sum(split) <= 0):
             raise ValueError(f"--phase-split expects three finite non-negative shares with a positive sum, "
                              f"e.g. 0.6,0.1,0.3, got {self.phase_split}")
-        check_workers(self.workers)
-        cache_budget(self.cache_gb)  # refuses a negative or infinite size
-        check_number("--heads-cache-gb", self.heads_cache_gb, 0)
-        check_common(self)
-        check_number("--lr-heads", self.lr_heads, 0)
-        check_number("--val-fraction", self.val_fraction, 0, 1, high_open=True)
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"--channels expects 1 (gray) or 3 (colour), got {self.channels!r}")
         if self.channels == 1 and self.resolved_noise_model() == "mg":
             raise ValueError(_MG_ON_GRAY.format(given=self._mg_option(), images="--channels 1 makes the images gray"))
 
@@ -223,8 +203,7 @@ class HeadsCache:
         with torch.no_grad():
             for _ in range(self.tiles):
                 y = crops.sample()[0].to(device, memory_format=fmt)
-                with autocast(precision, device):
-                    mu, f = model.bsn(y)
+                mu, f = model.features(y, precision)
                 self.y.append(y)
                 self.mu.append(mu.float())
                 self.f.append(f)
@@ -253,27 +232,25 @@ class Stage1Objective(nn.Module):
         super().__init__()
         self.model, self.options = model, options
 
-    def forward(self, y: torch.Tensor, phase: str, cached: tuple | None = None) -> torch.Tensor:
-        """``cached``: ``(mu, f)`` of the frozen D-BSN for the heads phase, from :class:`HeadsCache`."""
+    def forward(self, y: torch.Tensor, phase: str, cached: tuple | None = None) -> dict[str, torch.Tensor]:
+        """``{"loss", ...parts}``; ``cached``: ``(mu, f)`` of the frozen D-BSN for the heads phase, from
+        :class:`HeadsCache`."""
         if cached is not None:
             mu, f = cached
         else:
-            with autocast(self.options.precision, y.device):
-                if phase == "heads":
-                    with torch.no_grad():
-                        mu, f = self.model.bsn(y)
-                else:
-                    mu, f = self.model.bsn(y)
+            with torch.no_grad() if phase == "heads" else nullcontext():
+                mu, f = self.model.features(y, self.options.precision)
         mu, f = mu.float(), f.float()
         if phase == "mu":
-            return losses.l2_loss(y, mu)
+            return {"loss": losses.l2_loss(y, mu)}
         s_mu, s_n = self.model.uncertainty(y, mu, f)
-        return losses.gaussian_loss(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
+        return losses.gaussian_loss_parts(self.options.loss, y, mu, s_mu, s_n, self.options.trace_weight)
 
 
 class Stage1Task:
     """The stage-1 step: the phase and learning rate follow the progress through the budget."""
 
+    loss_parts = ["nll", "gap"]  # the NLL and the DBSN loss's gap over it (unweighted), outside the mu phase
     log_fields = ["val_nll", "val_psnr_mu", "val_psnr", "noise_std_est"]
 
     def __init__(self, options: TrainOptions, device: torch.device, ctx: Context = Context()):
@@ -297,22 +274,18 @@ class Stage1Task:
         self.scaler = grad_scaler(options.precision, device)
         self.heads_cache: HeadsCache | None = None  # built when the heads phase begins
 
-    def step(self, progress: float) -> dict:
+    def losses(self, progress: float) -> dict:
         phase = phase_at(self.options, progress)
         lr = self._set_lr(phase)
         if phase.name == "heads" and self.options.heads_cache_gb > 0:
             y, mu, f = self._heads_cache().sample(self.options.batch_size, self.generator)
-            loss = self.objective(y, phase.name, (mu, f))
+            parts = self.objective(y, phase.name, (mu, f))
         else:
             self.heads_cache = None  # outside the heads phase: free its memory
             y, _ = self.stream.next()
             y = y.to(self.device, memory_format=memory_format_for(self.device))
-            loss = self.objective(y, phase.name)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {"loss": loss.item(), "phase": phase.name, "lr": lr}
+            parts = self.objective(y, phase.name)
+        return {**parts, "phase": phase.name, "lr": lr}
 
     def _heads_cache(self) -> HeadsCache:
         if self.heads_cache is None:
@@ -333,6 +306,11 @@ class Stage1Task:
         bsn_group["lr"] = self.options.lr * scale if phase.name != "heads" else 0.0
         head_group["lr"] = self.options.lr_heads * scale if phase.name != "mu" else 0.0
         return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
+
+    def summary(self) -> dict:
+        data = self.data
+        return {"images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
+                "skipped": [str(p) for p, _ in data.folder.skipped]}
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -360,17 +338,4 @@ def train(options: TrainOptions, out_dir: str, resume: bool = False, progress_ba
     weights), ``log.csv`` and ``run.json``. A new run refuses a folder that holds any of
     them unless ``overwrite``; ``resume`` continues the run there (:func:`prepare_run`).
     """
-    options.validate()
-    ctx, device = distributed.setup(options.device)
-    task = None
-    try:
-        state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
-        task = Stage1Task(options, device, ctx)
-        data = task.data
-        return run_loop(task, options, out_dir, state, progress_bar, extra_summary={
-            "images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
-            "skipped": [str(p) for p, _ in data.folder.skipped], "device": str(device),
-        })
-    finally:
-        task = None  # the model's DDP wrapper goes before its process group
-        distributed.teardown(ctx)
+    return run_task(Stage1Task, options, out_dir, resume, progress_bar, overwrite)

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..nn.registry import STAGE_OF_KIND
+
 INDEX = "index.json"
-STAGES = ("stage1", "student")
+STAGES = tuple(STAGE_OF_KIND.values())
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,12 +11,39 @@ from .. import linalg
 from ..fusion import bayes_fusion
 from ..runtime import autocast
 from ..tiling import TileSpec
-from .bsn import DBSN, DilatedInceptionBlock
+from .backbones import create_backbone
+from .bsn import kaiming_init
 from .heads import NoiseEstimator, VarMuHead
 from .registry import register_model
 
-NOISE_MODELS = ("awgn", "hg", "mg")
 ESTIMATOR_INPUTS = ("paper", "residual")
+
+
+@dataclass(frozen=True)
+class NoiseHeads:
+    """What a noise model decides about the heads, chosen once when the model is built (METHOD.md 2, 4).
+
+    Attributes:
+        form: ``"diag"`` (per-channel variances) or ``"full"`` (``C x C`` covariances).
+        noise_per_pixel: CNN_est's (co)variance is kept per pixel (signal-dependent noise), not
+            averaged over the image.
+        mu_averaged: ``var_mu``'s covariance is averaged over the image too.
+        reads_mu: CNN_est reads ``mu`` (the noise depends on the signal), not ``y``.
+    """
+
+    name: str
+    form: str
+    noise_per_pixel: bool = False
+    mu_averaged: bool = False
+    reads_mu: bool = False
+
+
+HEADS = {
+    "awgn": NoiseHeads("awgn", "diag"),
+    "hg": NoiseHeads("hg", "diag", noise_per_pixel=True, reads_mu=True),
+    "mg": NoiseHeads("mg", "full", mu_averaged=True),
+}
+NOISE_MODELS = tuple(HEADS)
 
 
 class DBSNModel(nn.Module):
@@ -49,31 +78,27 @@ class DBSNModel(nn.Module):
         head_width: int | None = None,
         mask_mode: str = "mask",
         estimator_input: str = "paper",
+        backbone: str = "dbsn",
     ):
         super().__init__()
         if noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {noise_model!r}")
         if estimator_input not in ESTIMATOR_INPUTS:
             raise ValueError(f"estimator_input must be one of {ESTIMATOR_INPUTS}, got {estimator_input!r}")
-        if estimator_input == "residual" and noise_model == "hg":
+        heads = HEADS[noise_model]
+        if estimator_input == "residual" and heads.noise_per_pixel:
             raise ValueError("the residual estimator input needs one noise level per image (awgn, mg); "
                              "HG noise is estimated per pixel from mu")
         self.estimator_input = estimator_input
         if head_width is None:
             head_width = 16 if (in_channels == 1 and noise_model == "awgn") else 32
-        self.in_channels, self.noise_model = in_channels, noise_model
-        form = "full" if noise_model == "mg" else "diag"
-        self.bsn = DBSN(in_channels, width, blocks, mask_mode)
+        self.in_channels, self.noise_model, self.heads = in_channels, noise_model, heads
+        form = heads.form
+        self.bsn = create_backbone(backbone, in_channels, width, blocks, mask_mode)
         self.var_mu_head = VarMuHead(width, in_channels, form, head_width)
         self.noise_estimator = NoiseEstimator(in_channels, form, head_width)
-        _kaiming_init(self.bsn)
-        _kaiming_init(self.var_mu_head)
-        for block in self.bsn.modules():
-            if isinstance(block, DilatedInceptionBlock):
-                # Kaiming alone doubles the activation variance at every residual add
-                # (output std near 25 at the paper size); starting each residual branch
-                # at zero keeps mu and f near the data's scale from the first step.
-                nn.init.zeros_(block.merge[0].weight)
+        self.bsn.initialise()
+        kaiming_init(self.var_mu_head)
 
     @property
     def radius(self) -> int:
@@ -92,17 +117,17 @@ class DBSNModel(nn.Module):
 
     def estimator_source(self, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """What CNN_est reads: ``mu`` for HG, else ``y`` or the residual ``y - mu``."""
-        if self.noise_model == "hg":
+        if self.heads.reads_mu:
             return mu
         return y - mu.detach() if self.estimator_input == "residual" else y
 
     def average_noise(self, s_n: torch.Tensor) -> torch.Tensor:
         """``s_n`` averaged over the image for AWGN and MG (one level per image); per pixel for HG."""
-        return s_n if self.noise_model == "hg" else s_n.mean(dim=(-2, -1), keepdim=True)
+        return s_n if self.heads.noise_per_pixel else s_n.mean(dim=(-2, -1), keepdim=True)
 
     def average(self, s_mu: torch.Tensor, s_n: torch.Tensor):
         """Average over the image where the noise model says so: ``s_n`` for AWGN and MG, ``s_mu`` for MG."""
-        if self.noise_model == "mg":
+        if self.heads.mu_averaged:
             s_mu = s_mu.mean(dim=(-2, -1), keepdim=True)
         return s_mu, self.average_noise(s_n)
 
@@ -110,13 +135,19 @@ class DBSNModel(nn.Module):
         """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""
         return self.average(*self.pixel_uncertainty(y, mu, f))
 
+    def features(self, y: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+        """The D-BSN's ``(mu, f)`` under ``precision`` autocast: the one place the rule lives for training,
+        its heads cache and inference. The D-BSN's head and tail run in fp32 (:class:`DBSN`), so ``mu``
+        is fp32; ``f`` is in the autocast dtype, for the caller to cast (or keep, to save memory)."""
+        with autocast(precision, y.device):
+            return self.bsn(y)
+
     def pixel_parts(self, y: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
         """``mu`` and the per-pixel ``s_mu``, ``s_n``: all local, so they can be computed tile by tile.
 
         ``precision`` is the D-BSN's; the noise estimator and the heads run in fp32, as in training.
         """
-        with autocast(precision, y.device):
-            mu, f = self.bsn(y)
+        mu, f = self.features(y, precision)
         mu, f = mu.to(y.dtype), f.to(y.dtype)
         s_mu, s_n = self.pixel_uncertainty(y, mu, f)
         return {"mu": mu, "s_mu": s_mu, "s_n": s_n}
@@ -126,7 +157,7 @@ class DBSNModel(nn.Module):
         mu = parts["mu"]
         s_mu, s_n = self.average(parts["s_mu"], parts["s_n"])
         out = {"mu": mu, "x_hat": bayes_fusion(y, mu, s_mu, s_n, gamma)}
-        if self.noise_model == "mg":
+        if self.heads.form == "full":
             out.update(cov_mu=s_mu, cov_n=s_n)
         out.update(var_mu=linalg.diagonal(s_mu), var_n=linalg.diagonal(s_n))
         return out
@@ -146,18 +177,6 @@ def std_n_map(out: dict[str, torch.Tensor]) -> torch.Tensor:
     var_n = out["var_n"].clamp_min(0).mean(1)
     h, w = out["mu"].shape[-2:]
     return 255.0 * var_n.sqrt().expand(var_n.shape[0], h, w)
-
-
-def _kaiming_init(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    for m in module.modules():  # re-apply blind-spot masks after re-initialisation
-        if hasattr(m, "mask") and hasattr(m, "freeze_mask"):
-            with torch.no_grad():
-                m.weight.mul_(m.mask)
 
 
 @register_model("dbsn", kind="blind-spot", width=96, blocks=8)

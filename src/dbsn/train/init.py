@@ -1,0 +1,92 @@
+"""Starting a training run from trained weights (``--init``): the same model, or one grown from it.
+
+A gray student becomes an opponent-colour one, a shallower or narrower MWCNN a deeper or wider
+one, a stage-1 model for another noise keeps its D-BSN; each starts computing what its source did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from torch import nn
+
+from ..hub import read_checkpoint, resolve_model
+
+log = logging.getLogger("dbsn")
+
+
+def init_weights(model: nn.Module, source: str) -> None:
+    """Start from trained weights (fine-tuning): a checkpoint, weights file or bundled name."""
+    payload = read_checkpoint(resolve_model(source))
+    source_config = payload["config"]
+    if hasattr(model, "load_gray_state") and source_config.get("in_channels", 1) == 1:
+        # a gray student grown into an opponent-colour one of the same architecture
+        if source_config.get("name") != model.config["name"]:
+            raise ValueError(f"--init {source}: a {source_config.get('name')!r} cannot start a "
+                             f"{model.config['name']!r}")
+        try:
+            model.load_gray_state(payload["model"])
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"--init {source}: {err}") from None
+        log.info("initialised from the gray student %s, on each opponent channel", source)
+        return
+    state = payload["model"]
+    # a smaller MWCNN student grown into this one: (is it, the method, what the log says it kept)
+    for smaller, method, kept in ((_shallower, "load_shallower_state", "depth"),
+                                  (_narrower, "load_narrower_state", "widths")):
+        if smaller(source_config, model.config) and hasattr(model, method):
+            try:
+                getattr(model, method)(state)
+            except ValueError as err:
+                raise ValueError(f"--init {source}: {err}") from None
+            log.info("initialised from %s (%s %s), grown into this model", source, kept, source_config[kept])
+            return
+    source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
+    if source_noise and noise and source_noise != noise and not _fits(model, state):
+        # a stage-1 model for another noise whose heads have other shapes (MG's full covariance against
+        # a diagonal one): its D-BSN is the part worth keeping, and the heads start from scratch
+        bsn = {k.removeprefix("bsn."): v for k, v in state.items() if k.startswith("bsn.")}
+        try:
+            model.bsn.load_state_dict(bsn)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[:2]
+            raise ValueError(f"--init {source}: its D-BSN does not fit {model.config['name']} with these options "
+                             f"({' '.join(first)})") from None
+        log.info("initialised the D-BSN from %s (noise model %s); the %s heads start from scratch",
+                 source, source_noise, noise)
+        return
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:2]
+        raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
+                         f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
+    log.info("initialised from %s", source)
+
+
+def _same_but(source: dict, target: dict, key: str) -> bool:
+    """Whether two model configurations agree on everything but ``key``."""
+    def rest(config: dict) -> dict:  # as JSON has it: tuples become lists
+        return json.loads(json.dumps({k: v for k, v in config.items() if k != key}))
+
+    return key in source and key in target and rest(source) == rest(target)
+
+
+def _shallower(source: dict, target: dict) -> bool:
+    """Whether ``source`` is the configuration ``target`` has, with fewer layers per level."""
+    return _same_but(source, target, "depth") and source["depth"] < target["depth"]
+
+
+def _narrower(source: dict, target: dict) -> bool:
+    """Whether ``source`` is the configuration ``target`` has, with as many levels and fewer channels."""
+    if not _same_but(source, target, "widths") or len(source["widths"]) != len(target["widths"]):
+        return False
+    pairs = list(zip(source["widths"], target["widths"]))
+    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
+
+
+def _fits(model: nn.Module, state: dict) -> bool:
+    """Whether ``state`` has exactly the model's tensor names and shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
