@@ -57,6 +57,7 @@ CASES = [
     ("dbsn_small", {"in_channels": 3, "noise_model": "mg"}, 256),
     ("dbsn_tiny", {"in_channels": 1, "noise_model": "hg"}, 256),
     ("dbsn", {"in_channels": 1}, 192),
+    ("bsn_unet", {"in_channels": 3, "noise_model": "awgn"}, 256),
     ("mwcnn_small", {"in_channels": 1}, 256),
     ("mwcnn_small", {"in_channels": 3, "colour": "opponent", "widths": (64, 128, 256), "depth": 4}, 256),
     ("unet_small", {"in_channels": 3}, 256),

@@ -14,6 +14,8 @@ CASES = [
     ("dbsn_tiny", 1, {"noise_model": "awgn", "mask_mode": "trimmed"}),
     ("mwcnn_small", 1, {}),
     ("unet_small", 3, {}),
+    ("bsn_unet", 1, {"noise_model": "awgn", "width": 8, "blocks": 2}),
+    ("bsn_unet", 3, {"noise_model": "mg", "width": 8, "blocks": 2}),
 ]
 
 
@@ -93,7 +95,7 @@ def test_radius_covers_receptive_field(name, channels, kwargs):
     y = torch.rand(1, channels, size, size, dtype=torch.float64, requires_grad=True)
     c = size // 2 + 1
     # every per-pixel part is local (a stage-1 model's image-wide averages come after, in assemble)
-    sum(part[0, :, c, c].sum() for part in model.pixel_parts(y).values()).backward()
+    sum(part[0, ..., c, c].sum() for part in model.pixel_parts(y).values()).backward()
     rows, cols = torch.nonzero(y.grad[0].abs().sum(0)).unbind(1)
     reach = max((rows - c).abs().max().item(), (cols - c).abs().max().item())
     assert reach <= radius

@@ -21,6 +21,7 @@ from typing import Callable
 from torch import nn
 
 from .bsn import DBSN
+from .unet_bsn import BlindSpotUNet
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -49,3 +50,10 @@ def create_backbone(name: str, in_channels: int, width: int, blocks: int, mask_m
 def dbsn_backbone(in_channels: int, width: int, blocks: int, mask_mode: str) -> nn.Module:
     """The paper's D-BSN: two dilated branches of centre-masked convolutions (METHOD.md section 1)."""
     return DBSN(in_channels, width, blocks, mask_mode)
+
+
+@register_backbone("unet")
+def unet_backbone(in_channels: int, width: int, blocks: int, mask_mode: str) -> nn.Module:
+    """A blind-spot U-Net: shifted convolutions over four rotations, ``blocks`` pooling levels
+    (Laine et al. 2019; :mod:`dbsn.nn.unet_bsn`)."""
+    return BlindSpotUNet(in_channels, width, blocks, mask_mode)

@@ -195,3 +195,9 @@ def dbsn_small(**kwargs) -> DBSNModel:
 def dbsn_tiny(**kwargs) -> DBSNModel:
     """The smallest D-BSN, for tests and quick trials."""
     return DBSNModel(**kwargs)
+
+
+@register_model("bsn_unet", kind="blind-spot", width=48, blocks=4, backbone="unet")
+def bsn_unet(**kwargs) -> DBSNModel:
+    """The blind-spot U-Net backbone with the D-BSN's heads: 4 pooling levels of 48 channels."""
+    return DBSNModel(**kwargs)
