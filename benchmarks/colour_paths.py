@@ -23,23 +23,10 @@ import torch
 import torch.nn.functional as F
 
 import dbsn
-from common import DATASETS
+from common import DATASETS, mosaic
 from dbsn.data import list_images, read_image
 from dbsn.metrics import psnr
 from dbsn.runtime import autocast
-
-
-def mosaic(h: int, w: int, sigma: float = 25.0) -> torch.Tensor:
-    tiles = [read_image(p, channels=3)[0] for p in list_images(DATASETS / "div2k_val_crop256")]
-    canvas = np.zeros((3, h, w), np.float32)
-    i = 0
-    for r in range(0, h, 256):
-        for c in range(0, w, 256):
-            t = tiles[i % len(tiles)]
-            i += 1
-            canvas[:, r:r + 256, c:c + 256] = t[:, :min(256, h - r), :min(256, w - c)]
-    noise = np.random.default_rng(0).normal(0, sigma / 255, canvas.shape).astype(np.float32)
-    return torch.from_numpy(canvas + noise)[None]
 
 
 def batched_passes(model, y):
@@ -90,7 +77,8 @@ def main() -> int:
     torch.set_num_threads(torch.get_num_threads())
     denoiser = dbsn.load(args.model, device="cpu", max_memory="1T")
     model = denoiser.model
-    big = mosaic(h, w)
+    canvas = mosaic(DATASETS / "div2k_val_crop256", h, w, 3)
+    big = torch.from_numpy(canvas + np.random.default_rng(0).normal(0, 25 / 255, canvas.shape).astype(np.float32))[None]
     gen = torch.Generator().manual_seed(0)
     val = []
     for path in list_images(DATASETS / "div2k_val_crop256")[:args.images]:

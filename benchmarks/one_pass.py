@@ -3,38 +3,26 @@
     python benchmarks/one_pass.py color 512 768 1G      # tiled under 1G
     python benchmarks/one_pass.py color 512 768 auto    # the default budget
 
-The image is a mosaic of the first CBSD68 images (gray ones for gray models) with Gaussian noise
+The image is a mosaic of the CBSD68 images (gray ones for gray models) with Gaussian noise
 of std 25 (seed 0); it is used for timing only, nothing is chosen on it.
 """
 
-import glob
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import dbsn
-from dbsn.data import read_image
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from common import DATASETS, mosaic
 
 
 def main() -> int:
     name, h, w, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     torch.set_num_threads(2)
     channels = 3 if name.startswith("color") else 1
-    tiles = [read_image(f, channels=channels)[0] for f in sorted(glob.glob(str(DATASETS / "cbsd68" / "*.png")))[:64]]
-    canvas = np.zeros((channels, h, w), np.float32)
-    i = 0
-    for r in range(0, h, 321):
-        for c in range(0, w, 481):
-            t = tiles[i % len(tiles)]
-            i += 1
-            hh, ww = min(321, h - r, t.shape[1]), min(481, w - c, t.shape[2])
-            canvas[:, r:r + hh, c:c + ww] = t[:, :hh, :ww]
+    canvas = mosaic(DATASETS / "cbsd68", h, w, channels)
     y = canvas + np.random.default_rng(0).normal(0, 25 / 255, canvas.shape).astype(np.float32)
     denoiser = dbsn.load(name, max_memory=budget, device="cpu")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

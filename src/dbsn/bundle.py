@@ -116,14 +116,13 @@ def run_command(options: dict, command: str, run_dir: Path) -> str:
     """The command line that trains a run with these options (as ``run.json`` stores them)."""
     from dataclasses import fields
 
-    from .options import flag_of
+    from .options import default_of, flag_of
 
     if command == "train":
         from .train.stage1 import TrainOptions as cls
     else:
         from .train.distill import DistillOptions as cls
-    defaults = {f.name: (f.default_factory() if callable(getattr(f, "default_factory", None)) else f.default)
-                for f in fields(cls)}
+    defaults = {f.name: default_of(f) for f in fields(cls)}
     words = ["dbsn", command]
     for f in fields(cls):
         value = options.get(f.name)

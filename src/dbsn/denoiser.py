@@ -180,7 +180,8 @@ def load(
     ``ensemble`` (1, 2, 4 or 8) averages the outputs on that many mirrored and rotated copies
     of the input: slower by that factor, and usually a little better (about 0.1 dB with 8).
     ``precision`` ``"auto"`` runs a student in bf16 where the device computes bf16 natively
-    (2.9 times faster for the colour default on such a CPU, within 0.01 dB) and everything else
+    (2.4 times faster than fp32 for the colour default on such a CPU, within 0.01 dB; ``python
+    benchmarks/colour_paths.py``) and everything else
     in fp32; ``"fp32"`` gives the same result on every machine to about 1e-6.
 
     >>> dbsn.load("run/model.safetensors")   # a model you trained

@@ -114,7 +114,8 @@ def comma_numbers(count: int | None = None):
     return parse
 
 
-def _default(f):
+def default_of(f):
+    """The default of the dataclass field ``f`` (from its factory where it has one)."""
     return f.default_factory() if f.default is MISSING else f.default
 
 
@@ -126,9 +127,11 @@ def add_arguments(parser, cls, groups: dict | None = None, skip: tuple[str, ...]
         if not m.get("cli", True) or f.name in skip:
             continue
         target = (groups or {}).get(m.get("group"), parser)
-        default = _default(f)
-        shown = f" (default {default})" if default not in (None, "", [], False) and m.get("parse") is None else ""
-        shown = f" (default {','.join(f'{v:g}' for v in default)})" if m.get("parse") is not None else shown
+        default = default_of(f)
+        if m.get("parse") is not None:  # a tuple written as comma-separated numbers
+            shown = f" (default {','.join(f'{v:g}' for v in default)})"
+        else:
+            shown = f" (default {default})" if default not in (None, "", [], False) else ""
         kwargs = dict(help=(m.get("help", "") + shown).strip() or None, default=None)
         if isinstance(default, bool):
             kwargs.update(action="store_true", default=None)

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import math
-import numbers
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -21,14 +20,13 @@ from typing import Protocol
 
 import torch
 
-from ..data import BatchStream, cache_budget
+from ..data import BatchStream
 from ..data.io import atomic_path, remove_stale_temporaries
 from ..data.patches import MAX_PATCH, MIN_SIDE
-from ..data.stream import check_workers
 from .. import distributed
 from ..distributed import Context, parameter_checksum
 from ..hub import read_checkpoint, save_checkpoint, save_weights
-from ..options import check_number, check_ranges, option
+from ..options import check_ranges, option
 from ..runtime import PRECISIONS, is_out_of_memory
 from .ema import EMA
 
@@ -75,10 +73,7 @@ class RunOptions:
     def validate(self) -> None:
         """Raise ``ValueError`` with what to change when an option is out of its range."""
         check_budget(self.steps, self.minutes)
-        check_ema(self.ema)
-        check_ranges(self)
-        check_workers(self.workers)
-        cache_budget(self.cache_gb)  # refuses a negative or infinite size
+        check_ranges(self)  # every option's declared range and choices, the budget's too
 
 
 class Task(Protocol):
@@ -117,15 +112,6 @@ def cosine(q: float, floor: float = 0.05) -> float:
 def check_budget(steps: int | None, minutes: float | None) -> None:
     if (steps is None) == (minutes is None):
         raise ValueError("give exactly one budget: --steps N or --minutes M")
-    if steps is not None:
-        check_number("--steps", steps, 1, integer=True)
-    else:
-        check_number("--minutes", minutes, 0, low_open=True)
-
-
-def check_ema(decay: float) -> None:
-    if not (isinstance(decay, numbers.Real) and 0.0 <= decay < 1.0):  # NaN fails the comparison too
-        raise ValueError(f"--ema takes a decay in [0, 1) (0: off, e.g. 0.995), got {decay}")
 
 
 RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "run.json")  # what a run writes into its folder
