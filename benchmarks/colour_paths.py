@@ -6,7 +6,8 @@ or contiguous, fp32 or bf16, eager or through ``torch.compile``; seconds and PSN
 Seconds are the median of ``--repeats`` passes over one photo-size mosaic (shared colour training
 images, Gaussian noise of std 25, seed 0), untiled. PSNR is the mean over the first ``--images``
 DIV2K validation crops (a training set: nothing here is chosen on a test set) with the same noise;
-``dPSNR`` is against the shipped path in fp32 (``fp32 shipped channels-last``): the three passes one
+``--sigmas 5,15,25,50`` instead prints, for ``--model`` (gray or colour), the PSNR the shipped path
+loses in bf16 at each noise std on the same crops. ``dPSNR`` is against the shipped path in fp32 (``fp32 shipped channels-last``): the three passes one
 by one, channels-last, the colour transforms and the first layer in fp32 under bf16.
 """
 
@@ -65,6 +66,24 @@ def variants(model):
     }
 
 
+def bf16_cost(name: str, sigmas: list[float], images: int) -> None:
+    """The shipped path's PSNR in fp32 and what bf16 changes, per noise std, on the DIV2K crops."""
+    model = dbsn.load(name, device="cpu", max_memory="1T").model
+    channels = int(model.config.get("in_channels", 1))
+    clean = [torch.from_numpy(read_image(p, channels=channels)[0])[None]
+             for p in list_images(DATASETS / "div2k_val_crop256")[:images]]
+    print(f"`{name}` on {images} DIV2K crops: std, PSNR fp32, bf16 - fp32 (dB)")
+    for sigma in sigmas:
+        gen = torch.Generator().manual_seed(0)
+        pairs = [((x + torch.randn(x.shape, generator=gen) * sigma / 255).contiguous(memory_format=torch.channels_last),
+                  x) for x in clean]
+        scores = {}
+        for precision in ("fp32", "bf16"):
+            with torch.inference_mode(), autocast(precision, torch.device("cpu")):
+                scores[precision] = sum(psnr(model(y)["x_hat"].float().clamp(0, 1), x) for y, x in pairs) / len(pairs)
+        print(f"{sigma:>5g}{scores['fp32']:>9.3f}{scores['bf16'] - scores['fp32']:>+9.4f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="color")
@@ -72,7 +91,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--sigmas", help="instead: the bf16 cost at these noise stds, e.g. 5,15,25,50")
     args = p.parse_args()
+    if args.sigmas:
+        bf16_cost(args.model, [float(v) for v in args.sigmas.split(",")], args.images)
+        return 0
     h, w = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(torch.get_num_threads())
     denoiser = dbsn.load(args.model, device="cpu", max_memory="1T")
