@@ -106,3 +106,21 @@ def bm3d_denoise(y, std: float):
     else:
         out = bm3d.bm3d_rgb(array.transpose(1, 2, 0), sigma_psd=std).transpose(2, 0, 1)
     return torch.from_numpy(out.copy()).float().clamp(0, 1)
+
+
+def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
+    """BM3D (CBM3D) PSNR and seconds on the first ``n`` images of ``clean`` with the protocol's seed-0 noise."""
+    import torch
+
+    from dbsn.data import list_images, read_image
+    from dbsn.metrics import psnr
+    from dbsn.noise import parse_noise
+
+    model, rows = parse_noise(noise), []
+    for path in list_images(clean)[:n]:
+        x = torch.from_numpy(read_image(path, channels=channels)[0])
+        y = model.add_protocol(x, seed=0)
+        start = time.perf_counter()
+        out = bm3d_denoise(y, model.std / 255.0)
+        rows.append({"image": path.name, "psnr": psnr(out, x), "seconds": time.perf_counter() - start})
+    return rows

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from common import DATASETS, bm3d_denoise, dataset, run
+from common import DATASETS, bm3d_rows, dataset, run
 
 
 def fresh_heads(model_path: Path, out: Path) -> Path:
@@ -40,23 +39,6 @@ def fresh_heads(model_path: Path, out: Path) -> Path:
         model = create_model(config.pop("name"), **config)
     model.bsn.load_state_dict(trained.bsn.state_dict())
     return save_weights(out, model)
-
-
-def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
-    import torch
-
-    from dbsn.data import list_images, read_image
-    from dbsn.metrics import psnr
-    from dbsn.noise import parse_noise
-
-    model, rows = parse_noise(noise), []
-    for path in list_images(clean)[:n]:
-        x = torch.from_numpy(read_image(path, channels=channels)[0])
-        y = model.add_protocol(x, seed=0)
-        start = time.perf_counter()
-        out = bm3d_denoise(y, model.std / 255.0)
-        rows.append({"image": path.name, "psnr": psnr(out, x), "seconds": time.perf_counter() - start})
-    return rows
 
 
 def main() -> int:

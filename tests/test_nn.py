@@ -8,16 +8,18 @@ from dbsn.nn.registry import model_defaults
 CONFIGS = [(name, c, nm) for name in dbsn.list_models(kind="blind-spot") for c, nm in ((1, "awgn"), (3, "awgn"), (1, "hg"), (3, "mg"))]
 
 
-def _gradients_at(model, channels, key="mu", size=23):
-    """d key[p] / d y for each output channel at the centre pixel p of an odd-sized image."""
+def _gradients_at(model, channels, key="mu", size=23, width=None):
+    """d key[p] / d y for each output channel at the centre pixel p of an odd-sized image
+    (``size`` x ``width``, square by default)."""
     torch.manual_seed(1)
-    y = torch.rand(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(1, channels, size, width or size, dtype=torch.float64, requires_grad=True)
     out = model(y)[key]
     p = size // 2
+    q = (width or size) // 2
     grads = []
     for c in range(out.shape[1]):
-        (g,) = torch.autograd.grad(out[0, c, p, p], y, retain_graph=True)
-        grads.append(g[0])
+        (g,) = torch.autograd.grad(out[0, c, p, q], y, retain_graph=True)
+        grads.append(g[0][..., q - p : q + p + 1] if q >= p else g[0])
     return grads, p
 
 
@@ -41,6 +43,23 @@ def test_blind_spot_of_mask_variants_and_var_mu(mask_mode, channels):
         grads, p = _gradients_at(model, channels, key=key, size=15)
         for g in grads:
             assert torch.all(g[:, p, p] == 0)
+
+
+def test_unet_blind_spot_and_outputs_agree_with_rotations_batched_or_one_by_one():
+    """Training batches the four rotations of a square input in one pass; anything else runs them
+    one at a time: the same function, and a non-square image keeps the exact blind spot."""
+    torch.manual_seed(0)
+    model = dbsn.create_model("bsn_unet", in_channels=3).double()
+    y = torch.rand(2, 3, 24, 24, dtype=torch.float64)
+    batched = model(y)["mu"]
+    with torch.no_grad():
+        one_by_one = model(y)["mu"]
+    assert torch.allclose(batched, one_by_one, rtol=0, atol=1e-12)
+    grads, p = _gradients_at(model, 3, size=21, width=27)  # with gradients but not square: one by one
+    for g in grads:
+        assert torch.all(g[:, p, p] == 0)
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            assert g[:, p + dy, p + dx].abs().sum() > 0
 
 
 def test_paper_size_and_receptive_field():

@@ -16,7 +16,7 @@ from .conftest import smooth_image
 
 def _options(**kw):
     base = dict(model="dbsn_tiny", steps=40, batch_size=8, patch_size=32, lr=1e-3, val_every=20,
-                save_every=1000, val_fraction=0.0, val_patches=8)
+                save_every=1000, val_fraction=0.0, val_patches=8, precision="fp32")  # the same on every CPU
     base.update(kw)
     return TrainOptions(**base)
 
@@ -34,7 +34,8 @@ def _clean_folder(path, n=4, size=48, channels=1):
 
 def test_learning_smoke_raises_psnr(tmp_path):
     clean = _clean_folder(tmp_path / "clean")
-    summary = train(_options(clean=str(clean), noise="awgn:25", steps=150), str(tmp_path / "run"),
+    # the default recipe (phases 0.8/0.2/0, trace weight 0.1): 200 steps of mu, 50 of the heads
+    summary = train(_options(clean=str(clean), noise="awgn:25", steps=250), str(tmp_path / "run"),
                     progress_bar=False)
     val = summary["last_validation"]
     noisy_psnr = 20.2  # AWGN std 25 on [0, 1] images: 20*log10(255/25)
@@ -173,6 +174,41 @@ def test_mixed_precision_keeps_the_loss_finite(tmp_path, precision):
     rows = (tmp_path / precision / "log.csv").read_text().strip().splitlines()[1:]
     assert {r.split(",")[1] for r in rows} == {"mu", "heads", "joint"}
     assert all(np.isfinite(float(r.split(",")[2])) for r in rows)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_where_the_device_has_it(tmp_path, monkeypatch, native):
+    """The default ``auto`` becomes bf16 or fp32 once, before training; the checkpoint records which."""
+    import dbsn.runtime
+
+    monkeypatch.setattr(dbsn.runtime, "fast_bf16", lambda device: native)
+    assert TrainOptions().precision == "auto"
+    clean = _clean_folder(tmp_path / "clean")
+    summary = train(_options(clean=str(clean), noise="awgn:25", steps=2, precision="auto", device="cpu"),
+                    str(tmp_path / "run"), progress_bar=False)
+    expected = "bf16" if native else "fp32"
+    assert summary["options"]["precision"] == expected
+    assert json.loads(read_checkpoint(tmp_path / "run" / "checkpoint.pt")["options"])["precision"] == expected
+
+
+def test_heads_cache_stops_building_at_its_time_limit_but_keeps_enough_crops():
+    """Under a time budget the cache of the heads phase is cut short (a short run keeps time for its
+    heads); without one it holds its full count, the same on every run."""
+    import dbsn
+    from dbsn.train.stage1 import HeadsCache
+
+    torch.manual_seed(0)
+    model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn").eval()
+    images = [torch.rand(1, 64, 64, generator=seeded_generator(i)) for i in range(8)]
+    sampler = PatchSampler(16, 4, seeded_generator(0), noisy=images)
+    full = HeadsCache(model, sampler, 1.0, "fp32", torch.device("cpu"), seed=3)
+    again = HeadsCache(model, sampler, 1.0, "fp32", torch.device("cpu"), seed=3)
+    cut = HeadsCache(model, sampler, 1.0, "fp32", torch.device("cpu"), seed=3, seconds=0.0)
+    assert full.tiles == 16 > cut.tiles == HeadsCache.MIN_TILES  # twice the set's pixels in 64 x 64 crops
+    assert all(torch.equal(a, b) for a, b in zip(full.mu, again.mu))
+    assert all(torch.equal(a, b) for a, b in zip(full.mu, cut.mu))  # the same first crops
+    y, mu, f = cut.sample(5, seeded_generator(0))
+    assert y.shape == mu.shape == (5, 1, 16, 16) and f.shape[0] == 5
 
 
 def _fit_estimator(source, steps=1000):

@@ -94,7 +94,14 @@ class BlindSpotUNet(nn.Module):
         return shift_down(x)[..., :h, :w]
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = [torch.rot90(self._pass(torch.rot90(y, k, (-2, -1))), -k, (-2, -1)) for k in range(4)]
+        rotate = lambda t, k: torch.rot90(t, k, (-2, -1))  # noqa: E731
+        if torch.is_grad_enabled() and y.shape[-2] == y.shape[-1]:
+            # training: the four rotations of a square batch in one pass, larger and faster convolutions
+            # (their activations are kept for the backward pass either way)
+            passes = self._pass(torch.cat([rotate(y, k) for k in range(4)])).chunk(4)
+            views = [rotate(view, -k) for k, view in enumerate(passes)]
+        else:  # one rotation at a time: a quarter of the working memory
+            views = [rotate(self._pass(rotate(y, k)), -k) for k in range(4)]
         f = F.relu(self.fuse(torch.cat(views, dim=1)))
         with full_precision(f):
             mu = self.tail(f.to(self.tail[0].weight.dtype))

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +27,7 @@ from .. import distributed
 from ..distributed import Context, parameter_checksum
 from ..hub import read_checkpoint, save_checkpoint, save_weights
 from ..options import check_ranges, option
-from ..runtime import PRECISIONS, is_out_of_memory
+from ..runtime import INFERENCE_PRECISIONS, is_out_of_memory, resolve_precision
 from .ema import EMA
 
 log = logging.getLogger("dbsn")
@@ -35,8 +35,8 @@ log = logging.getLogger("dbsn")
 
 INIT_HELP = "start from these weights (checkpoint, weights file or bundled name): fine-tuning"
 PATCH_HELP = f"side of the square training patches ({MIN_SIDE} to {MAX_PATCH}, at most twice the largest image side)"
-PRECISION_HELP = ("autocast for the network (bf16: CPUs with AVX-512 BF16 and GPUs; fp16: GPUs, with a gradient "
-                  "scaler); the heads and the losses stay in fp32")
+PRECISION_HELP = ("autocast for the network (auto: bf16 where the CPU (AVX-512 BF16 or AMX) or the GPU computes it "
+                  "natively, else fp32; fp16: GPUs, with a gradient scaler); the heads and the losses stay in fp32")
 EMA_HELP = "average the weights with this decay (e.g. 0.995; 0: off); validation and the saved weights use the average"
 WORKERS_HELP = ("processes that draw training batches (0: this process); a GPU needs a few, "
                 "a small CPU machine none")
@@ -60,7 +60,7 @@ class RunOptions:
     lr: float = option(3e-4, "Adam learning rate of the network (the D-BSN; in distillation, the student)", low=0,
                        group="optimisation")
     seed: int = option(0, "seed of every random draw of the run", low=0, integer=True, group="optimisation")
-    precision: str = option("fp32", PRECISION_HELP, choices=PRECISIONS, group="optimisation")
+    precision: str = option("fp32", PRECISION_HELP, choices=INFERENCE_PRECISIONS, group="optimisation")
     ema: float = option(0.0, EMA_HELP, low=0, high=1, high_open=True, group="optimisation")
     workers: int = option(0, WORKERS_HELP, low=0, integer=True, group="optimisation")
     cache_gb: float | None = option(None, CACHE_HELP, low=0, group="optimisation")
@@ -212,6 +212,8 @@ def run_task(task_class, options: RunOptions, out_dir: str, resume: bool = False
     ``task_class(options, device, ctx)`` and train it with :func:`run_loop`; returns the summary."""
     options.validate()
     ctx, device = distributed.setup(options.device)
+    # "auto" becomes what runs here, once: the checkpoints record it, and a resumed run keeps it
+    options = replace(options, precision=resolve_precision(options.precision, device, bf16_exact=True))
     task = None
     try:
         state = prepare_run(out_dir, resume, ctx, options=options, overwrite=overwrite)
