@@ -109,7 +109,7 @@ class DBSNModel(nn.Module):
 
     def tile_spec(self) -> TileSpec:
         """Context radius and a generous estimate of the inference memory per pixel, for tiling."""
-        return TileSpec(radius=self.radius, align=1, bytes_per_pixel=4 * 24 * self.bsn.width)
+        return TileSpec(radius=self.radius, align=1, bytes_per_pixel=4 * self.bsn.MEMORY_FLOATS * self.bsn.width)
 
     def pixel_uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
         """``(s_mu, s_n)`` per pixel, before any averaging over the image."""

@@ -76,6 +76,8 @@ class DBSN(nn.Module):
     features ``f`` of shape ``(B, c, H, W)`` that the ``var_mu`` head reads.
     """
 
+    MEMORY_FLOATS = 24  # inference working memory per pixel, in floats per unit of width (tile_spec)
+
     def __init__(self, in_channels: int = 1, width: int = 96, blocks: int = 8, mask_mode: str = "mask"):
         super().__init__()
         if in_channels < 1 or width < 1 or blocks < 0:
