@@ -10,7 +10,7 @@ CONFIGS = [(name, c, nm) for name in dbsn.list_models(kind="blind-spot") for c, 
 
 def _gradients_at(model, channels, key="mu", size=23, width=None):
     """d key[p] / d y for each output channel at the centre pixel p of an odd-sized image
-    (``size`` x ``width``, square by default)."""
+    (``size`` x ``width``, ``width >= size``, square by default), cropped to the centred square."""
     torch.manual_seed(1)
     y = torch.rand(1, channels, size, width or size, dtype=torch.float64, requires_grad=True)
     out = model(y)[key]
@@ -19,7 +19,7 @@ def _gradients_at(model, channels, key="mu", size=23, width=None):
     grads = []
     for c in range(out.shape[1]):
         (g,) = torch.autograd.grad(out[0, c, p, q], y, retain_graph=True)
-        grads.append(g[0][..., q - p : q + p + 1] if q >= p else g[0])
+        grads.append(g[0][..., q - p : q + p + 1])
     return grads, p
 
 

@@ -122,11 +122,16 @@ class Phase:
     progress: float  # within the phase, 0 to 1
 
 
+def phase_shares(options: TrainOptions) -> list[float]:
+    """The share of the budget of each of the three phases, summing to 1."""
+    total = sum(options.phase_split)
+    return [share / total for share in options.phase_split]
+
+
 def phase_at(options: TrainOptions, progress: float) -> Phase:
     if options.schedule == "joint":
         return Phase("joint", progress)
-    shares = torch.tensor(options.phase_split, dtype=torch.float64)
-    bounds = (shares.cumsum(0) / shares.sum()).tolist()
+    bounds = torch.tensor(phase_shares(options), dtype=torch.float64).cumsum(0).tolist()
     start = 0.0
     for name, end in zip(("mu", "heads", "joint"), bounds):
         if progress < end or name == "joint":
@@ -311,7 +316,7 @@ class Stage1Task:
             options = self.options
             seconds = None  # under a time budget: a third of the heads phase at most
             if options.minutes is not None:
-                seconds = 60 * options.minutes * options.phase_split[1] / sum(options.phase_split) / 3
+                seconds = 60 * options.minutes * phase_shares(options)[1] / 3
             self.heads_cache = HeadsCache(self.model, self.data.sampler, options.heads_cache_gb,
                                           options.precision, self.device,
                                           stream_seed(options.seed, HEADS_CACHE, self.ctx.rank), seconds)
