@@ -16,6 +16,8 @@ CASES = [
     ("unet_small", 3, {}),
     ("bsn_unet", 1, {"noise_model": "awgn", "width": 8, "blocks": 2}),
     ("bsn_unet", 3, {"noise_model": "mg", "width": 8, "blocks": 2}),
+    ("dbsn_tiny", 3, {"noise_model": "hg", "pd_stride": 3}),  # pixel shuffle: 3 in training, 2 here
+    ("bsn_unet", 1, {"noise_model": "awgn", "width": 8, "blocks": 2, "pd_stride": 2, "pd_stride_infer": 2}),
 ]
 
 

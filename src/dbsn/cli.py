@@ -1,4 +1,5 @@
-"""Command line: ``dbsn train | distill | evaluate | denoise | add-noise | demo | models | list | export | bundle``.
+"""Command line: ``dbsn train | distill | evaluate | denoise | inspect | add-noise | demo | models | list | export |
+bundle``.
 
 Parse, then call one library function.
 """
@@ -28,6 +29,8 @@ ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies o
                  "times slower, about 0.1 dB better with 8")
 MEMORY_HELP = ("working memory for the model, e.g. 512M or 4G (default: a quarter of the memory available, "
                "from 256M to 8G); larger images are denoised in tiles with the same result")
+REFINE_HELP = ("passes of random-replacing refinement for a model trained with --pd-stride > 1 (default 8; 0: "
+               "off): each pass puts 16%% of the noisy pixels back and denoises again")
 OVERWRITE_RUN_HELP = ("start a new run in an -o that holds one: its checkpoint.pt, model.safetensors, log.csv and "
                       "run.json are removed first")
 
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--estimator-input", choices=ESTIMATOR_INPUTS,
                    help="what CNN_est reads for AWGN and MG: y (paper, the default) or y - mu (residual: needed "
                         "for a range of noise levels)")
+    m.add_argument("--pd-stride", type=POSITIVE_INT,
+                   help="pixel-shuffle stride in training, for noise correlated between neighbouring pixels "
+                        "(camera photographs: 5; 1: none); default for --noisy: what the noise diagnosis finds "
+                        "(`dbsn inspect`), else 1")
+    m.add_argument("--pd-stride-infer", type=POSITIVE_INT,
+                   help="pixel-shuffle stride at inference (default: 2 where --pd-stride > 1)")
     t.add_argument("--resume", action="store_true", help="continue the run in -o from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN_HELP)
 
@@ -101,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast for the network (default fp32: the protocol's numbers, the same on every "
                         "machine; auto: as dbsn denoise)")
     e.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
+    e.add_argument("--refine", type=NON_NEGATIVE_INT, help=REFINE_HELP)
     e.add_argument("--max-memory", type=_memory, help=MEMORY_HELP)
     e.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): a student in bf16 where the CPU or GPU computes bf16 natively (about "
                         "3 times faster, within 0.01 dB), else fp32; fp32: the same result on every machine")
     d.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
+    d.add_argument("--refine", type=NON_NEGATIVE_INT, help=REFINE_HELP)
 
     demo = sub.add_parser("demo", help="denoise the bundled noisy images with the bundled default models, "
                                        "print PSNR, draw a before/after figure")
@@ -159,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
         reader.add_argument("--max-pixels", type=POSITIVE_INT,
                             help=f"the most pixels one image file may hold, all planes of a stack together, "
                                  f"checked before decoding (default {MAX_PIXELS:,})")
+    i = sub.add_parser("inspect", help="diagnose the noise of noisy images: its level, its dependence on the "
+                                       "signal, its correlation between neighbouring pixels")
+    i.add_argument("inputs", nargs="+", help="image files or folders of noisy images")
+    i.add_argument("--figure", help="draw the diagnosis into this PNG file")
+    i.add_argument("--json", help="write the diagnosis to this JSON file")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --figure or --json file")
+    i.add_argument("--channels", type=int, choices=(1, 3), help="convert every image to gray (1) or colour (3)")
+    i.add_argument("--max-pixels", type=POSITIVE_INT,
+                   help=f"the most pixels one image file may hold (default {MAX_PIXELS:,})")
     sub.add_parser("models", help="list the registered architectures (for --model in train and --student)")
     sub.add_parser("list", help="list the bundled pretrained models (for --model in denoise and evaluate)")
     return parser
@@ -168,7 +188,11 @@ def _train_options(args: argparse.Namespace):
     from .train import TrainOptions
 
     model_kwargs = {k: v for k, v in (("width", args.width), ("blocks", args.blocks), ("mask_mode", args.mask_mode),
-                                      ("estimator_input", args.estimator_input)) if v is not None}
+                                      ("estimator_input", args.estimator_input), ("pd_stride", args.pd_stride),
+                                      ("pd_stride_infer", args.pd_stride_infer)) if v is not None}
+    if "pd_stride_infer" in model_kwargs and "pd_stride" not in model_kwargs:
+        raise ValueError("--pd-stride-infer needs --pd-stride (the training stride), e.g. --pd-stride 5 "
+                         "--pd-stride-infer 2")
     return from_arguments(TrainOptions, args, model_kwargs=model_kwargs)
 
 
@@ -259,7 +283,7 @@ def cmd_evaluate(args) -> int:
 
     _new_file(args.json, "--json", args.overwrite, (args.model,))
     denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device,
-                    ensemble=args.ensemble, max_memory=args.max_memory)
+                    ensemble=args.ensemble, max_memory=args.max_memory, refine=args.refine)
     result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet,
                       channels=args.channels)
     print(format_table(result))
@@ -301,10 +325,11 @@ def cmd_denoise(args) -> int:
         if not default_names():
             raise ValueError("no bundled default model is installed; give --model CHECKPOINT")
         denoiser = DefaultDenoisers(blind_spot=args.noise_map, gamma=args.gamma, max_memory=args.max_memory,
-                                    precision=args.precision, device=args.device, ensemble=args.ensemble)
+                                    precision=args.precision, device=args.device, ensemble=args.ensemble,
+                                    refine=args.refine)
     else:
         denoiser = load(args.model, gamma=args.gamma, max_memory=args.max_memory, precision=args.precision,
-                        device=args.device, ensemble=args.ensemble)
+                        device=args.device, ensemble=args.ensemble, refine=args.refine)
     result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet,
                            overwrite=args.overwrite)
     for path in result.written:
@@ -325,6 +350,36 @@ def _report_failures(result) -> int:
             print(f"  {reason}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from .data.io import atomic_path
+    from .figure import noise_figure
+    from .files import collect_inputs, diagnose_files
+    from .noise.diagnosis import describe, recommend
+
+    _new_file(args.json, "--json", args.overwrite)
+    _new_file(args.figure, "--figure", args.overwrite)
+    paths = collect_inputs(args.inputs)
+    diagnosis, skipped = diagnose_files(paths, args.channels, args.max_pixels)
+    advice = recommend(diagnosis)
+    print(describe(diagnosis))
+    print(f"dbsn train --noisy would use: --noise-model {advice.noise_model} --pd-stride {advice.pd_stride}"
+          + (f" --pd-stride-infer {advice.pd_stride_infer}" if advice.pd_stride > 1 else ""))
+    for reason in advice.reasons:
+        print(f"  {reason}")
+    if advice.pd_stride > 1:
+        print("  correlated noise is what camera photographs carry after demosaicking and compression; a model "
+              "trained on clean images with white noise will keep part of it")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({**diagnosis.to_dict(), "recommendation": vars(advice),
+                                       "skipped": skipped}, indent=2))
+    if args.figure:
+        print(f"wrote {noise_figure(diagnosis, args.figure)}")
+    for path, reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    return EXIT_FAILED if skipped else EXIT_OK
 
 
 def cmd_add_noise(args) -> int:
@@ -393,7 +448,7 @@ def cmd_list(args) -> int:
 
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "denoise": cmd_denoise,
             "add-noise": cmd_add_noise, "demo": cmd_demo, "models": cmd_models, "list": cmd_list, "export": cmd_export,
-            "bundle": cmd_bundle}
+            "bundle": cmd_bundle, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

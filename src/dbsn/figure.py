@@ -58,3 +58,37 @@ def before_after(
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
+
+
+def noise_figure(diagnosis, path: str | os.PathLike, cell: int = 24) -> Path:
+    """Draw a noise diagnosis (:class:`dbsn.noise.diagnosis.Diagnosis`) to ``path`` (PNG): the
+    autocorrelation of the noise over lags (0..L, 0..L) as a grey map (white: 1, black: 0 or less), and
+    the noise std against the intensity, one dot per intensity bin."""
+    rho = np.clip(np.asarray(diagnosis.rho, dtype=np.float32), 0, 1)
+    lags = rho.shape[0]
+    side = lags * cell
+    plot_w, plot_h, margin = 260, side, 30
+    image = Image.new("RGB", (side + plot_w + 3 * margin, side + 2 * LABEL_HEIGHT + margin), "white")
+    draw = ImageDraw.Draw(image)
+    top = LABEL_HEIGHT + 4
+    draw.text((margin, 2), f"noise autocorrelation, lags 0..{lags - 1} (corr. length {diagnosis.correlation_length})",
+              fill="black")
+    for dy in range(lags):
+        for dx in range(lags):
+            v = int(round(255 * rho[dy, dx]))
+            x0, y0 = margin + dx * cell, top + dy * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(v, v, v))
+            draw.text((x0 + 2, y0 + cell // 3), f"{diagnosis.rho[dy][dx]:.2f}"[:4], fill="red")
+    left = 2 * margin + side
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    xs, ss = diagnosis.bin_intensity, diagnosis.bin_std
+    s_max = max(max(ss, default=1.0), 1e-6) * 1.2
+    for x, s in zip(xs, ss):
+        px, py = left + x * plot_w, top + plot_h - s / s_max * plot_h
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill="blue")
+    draw.text((left, top + plot_h + 2), f"intensity 0..1; std up to {s_max:.1f} (0-255); "
+              f"x{diagnosis.signal_ratio:.2f} dark to bright", fill="black")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path

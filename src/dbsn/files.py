@@ -240,3 +240,22 @@ def add_noise_files(
             log.error("skipped: %s", err)
             result.failed.append((target.source, str(err)))
     return result
+
+
+def diagnose_files(paths: list[Path], channels: int | None = None, max_pixels: int | None = None):
+    """The noise diagnosis (:func:`dbsn.noise.diagnosis.diagnose`) of image files, every plane of a stack an
+    image; returns it and the files that could not be read, with the reason (skipped; the rest counts)."""
+    from .noise.diagnosis import diagnose
+
+    skipped: list[tuple[str, str]] = []
+
+    def images():
+        for path in paths:
+            try:
+                planes, _ = read_planes(path, channels, max_pixels)
+            except ImageReadError as err:
+                skipped.append((str(path), str(err)))
+                continue
+            yield from planes
+
+    return diagnose(images()), skipped

@@ -14,6 +14,7 @@ from ..tiling import TileSpec
 from .backbones import create_backbone
 from .bsn import kaiming_init
 from .heads import NoiseEstimator, VarMuHead
+from .shuffle import PixelShuffleBSN
 from .registry import register_model
 
 ESTIMATOR_INPUTS = ("paper", "residual")
@@ -64,6 +65,13 @@ class DBSNModel(nn.Module):
     its fusion measured worse, though (README, "Training"). HG keeps ``mu``:
     its variance is per pixel, and a pixel's own residual would let it explain itself.
 
+    ``pd_stride`` > 1 runs the backbone on pixel-shuffled sub-images (:mod:`dbsn.nn.shuffle`), for
+    noise correlated over fewer than ``pd_stride`` pixels; ``pd_stride_infer`` is the stride at
+    inference (default ``min(2, pd_stride)``). The heads stay per pixel at full resolution: CNN_est
+    reads the pixel's value, whose noise variance the shuffle does not change, and the fusion
+    combines ``mu`` (from pixels at least the stride away) with the pixel itself, which is the
+    posterior mean when their errors are independent, as they are beyond the correlation length.
+
     ``forward(y)`` returns a dict with ``mu``, ``var_mu`` and ``var_n`` (per-channel
     variances ``(B, C, H, W)``, or ``(B, C, 1, 1)`` when averaged), ``cov_mu`` and
     ``cov_n`` (``(B, C, C, ., .)``) for ``"mg"``, and the fused ``x_hat``.
@@ -79,6 +87,8 @@ class DBSNModel(nn.Module):
         mask_mode: str = "mask",
         estimator_input: str = "paper",
         backbone: str = "dbsn",
+        pd_stride: int = 1,
+        pd_stride_infer: int | None = None,
     ):
         super().__init__()
         if noise_model not in NOISE_MODELS:
@@ -95,6 +105,8 @@ class DBSNModel(nn.Module):
         self.in_channels, self.noise_model, self.heads = in_channels, noise_model, heads
         form = heads.form
         self.bsn = create_backbone(backbone, in_channels, width, blocks, mask_mode)
+        if pd_stride > 1 or (pd_stride_infer or 1) > 1:
+            self.bsn = PixelShuffleBSN(self.bsn, pd_stride, pd_stride_infer)
         self.var_mu_head = VarMuHead(width, in_channels, form, head_width)
         self.noise_estimator = NoiseEstimator(in_channels, form, head_width)
         self.bsn.initialise()
@@ -109,7 +121,13 @@ class DBSNModel(nn.Module):
 
     def tile_spec(self) -> TileSpec:
         """Context radius and a generous estimate of the inference memory per pixel, for tiling."""
-        return TileSpec(radius=self.radius, align=1, bytes_per_pixel=4 * self.bsn.MEMORY_FLOATS * self.bsn.width)
+        return TileSpec(radius=self.radius, align=getattr(self.bsn, "align", 1),
+                        bytes_per_pixel=4 * self.bsn.MEMORY_FLOATS * self.bsn.width)
+
+    @property
+    def shuffled(self) -> bool:
+        """The backbone runs on pixel-shuffled sub-images (``pd_stride`` > 1)."""
+        return isinstance(self.bsn, PixelShuffleBSN)
 
     def pixel_uncertainty(self, y: torch.Tensor, mu: torch.Tensor, f: torch.Tensor):
         """``(s_mu, s_n)`` per pixel, before any averaging over the image."""
@@ -135,19 +153,27 @@ class DBSNModel(nn.Module):
         """``(s_mu, s_n)``: ``cov_*`` for ``"mg"``, ``var_*`` otherwise."""
         return self.average(*self.pixel_uncertainty(y, mu, f))
 
-    def features(self, y: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, y: torch.Tensor, precision: str = "fp32", stride: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """The D-BSN's ``(mu, f)`` under ``precision`` autocast: the one place the rule lives for training,
         its heads cache and inference. The D-BSN's head and tail run in fp32 (:class:`DBSN`), so ``mu``
-        is fp32; ``f`` is in the autocast dtype, for the caller to cast (or keep, to save memory)."""
+        is fp32; ``f`` is in the autocast dtype, for the caller to cast (or keep, to save memory).
+        ``stride``: the pixel-shuffle stride of this call (a shuffled model only; default: the training
+        stride in training mode, the inference stride in evaluation mode)."""
         with autocast(precision, y.device):
+            if stride is not None and self.shuffled:
+                return self.bsn(y, stride=stride)
+            if stride not in (None, 1):
+                raise ValueError(f"a pixel-shuffle stride of {stride} needs a model built with pd_stride > 1")
             return self.bsn(y)
 
-    def pixel_parts(self, y: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    def pixel_parts(self, y: torch.Tensor, precision: str = "fp32", stride: int | None = None
+                    ) -> dict[str, torch.Tensor]:
         """``mu`` and the per-pixel ``s_mu``, ``s_n``: all local, so they can be computed tile by tile.
 
         ``precision`` is the D-BSN's; the noise estimator and the heads run in fp32, as in training.
         """
-        mu, f = self.features(y, precision)
+        mu, f = self.features(y, precision, stride)
         mu, f = mu.to(y.dtype), f.to(y.dtype)
         s_mu, s_n = self.pixel_uncertainty(y, mu, f)
         return {"mu": mu, "s_mu": s_mu, "s_n": s_n}

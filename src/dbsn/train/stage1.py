@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import math
 import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -36,6 +36,7 @@ from ..metrics import psnr
 from ..nn import create_model
 from ..nn.blind_spot import NOISE_MODELS, std_n_map
 from ..noise import parse_noise
+from ..noise.diagnosis import diagnose, recommend
 from ..runtime import INFERENCE_PRECISIONS, grad_scaler, memory_format_for
 from ..seeds import HEADS_CACHE, VALIDATION, stream_seed
 from .init import init_weights
@@ -44,6 +45,7 @@ from .loop import PRECISION_HELP, RunOptions, cosine, run_task
 log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
+DIAGNOSIS_IMAGES = 64  # the noise of a real noisy set is diagnosed on at most this many of its images
 
 
 _MG_ON_GRAY = ("{given} needs colour images (MG noise correlates the three channels), but {images}; "
@@ -68,7 +70,8 @@ class TrainOptions(RunOptions):
     channels: int | None = option(None, "force gray (1) or colour (3)", choices=(1, 3), group="data")
     model: str = option("dbsn_small", "registered model name (see `dbsn models`)", group="model")
     model_kwargs: dict = option(help="settings of the model (--width, --blocks, ...)", factory=dict, cli=False)
-    noise_model: str | None = option(None, "noise heads; default: the kind of --noise, or hg for real noisy images",
+    noise_model: str | None = option(None, "noise heads; default: the kind of --noise, or for real noisy images "
+                                     "what the noise diagnosis finds (dbsn inspect)",
                                      choices=NOISE_MODELS, group="model")
     schedule: str = option("three-phase", "three-phase: L2 on mu, heads with mu frozen, joint; joint: official",
                            choices=SCHEDULES, group="optimisation")
@@ -279,6 +282,9 @@ class Stage1Task:
         self.options, self.device, self.ctx = options, device, ctx
         self.generator = seeded_generator(options.seed)
         self.data = Stage1Data(options, self.generator, ctx)
+        self.diagnosis = None
+        if options.noisy is not None and (options.noise_model is None or "pd_stride" not in options.model_kwargs):
+            options = self.options = self._diagnosed(options)
         self.stream = BatchStream(self.data.sampler.sample, self.generator, options.workers, options.seed, ctx.rank)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)  # the weight initialisation draws from the global generator
@@ -333,10 +339,33 @@ class Stage1Task:
         head_group["lr"] = self.options.lr_heads * scale if phase.name != "mu" else 0.0
         return bsn_group["lr"] if phase.name != "heads" else head_group["lr"]
 
+    def _diagnosed(self, options: TrainOptions) -> TrainOptions:
+        """``options`` with the noise heads and the pixel-shuffle strides the noise of the real noisy images
+        calls for (:mod:`dbsn.noise.diagnosis`), where the user gave neither; what it chose is logged."""
+        images = self.data.folder.images
+        picked = range(0, len(images), max(1, math.ceil(len(images) / DIAGNOSIS_IMAGES)))
+        self.diagnosis = diagnose(images[i].numpy() for i in picked)
+        advice = recommend(self.diagnosis)
+        kwargs = dict(options.model_kwargs)
+        told = []
+        if options.noise_model is None:
+            options = replace(options, noise_model=advice.noise_model)
+            told.append(advice.reasons[0])
+        if "pd_stride" not in kwargs:
+            kwargs.update(pd_stride=advice.pd_stride, pd_stride_infer=advice.pd_stride_infer)
+            options = replace(options, model_kwargs=kwargs)
+            told.append(advice.reasons[1])
+        if self.ctx.is_main:
+            log.info("the noise of the %d noisy images (%d read): %s", len(images), self.diagnosis.images,
+                     "; ".join(told) + " (give --noise-model or --pd-stride to choose yourself; `dbsn inspect "
+                     "DIR` shows the diagnosis)")
+        return options
+
     def summary(self) -> dict:
         data = self.data
         return {"images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
-                "skipped": [str(p) for p, _ in data.folder.skipped]}
+                "skipped": [str(p) for p, _ in data.folder.skipped],
+                **({"noise_diagnosis": self.diagnosis.to_dict()} if self.diagnosis else {})}
 
     @torch.no_grad()
     def validate(self) -> dict:

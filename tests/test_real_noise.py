@@ -1,0 +1,152 @@
+"""Correlated real noise: pixel-shuffle blind spots, random-replacing refinement, the noise diagnosis
+and what `dbsn train --noisy` and `dbsn inspect` do with it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dbsn
+from dbsn.cli import main
+from dbsn.denoiser import Denoiser
+from dbsn.nn.shuffle import pd_down, pd_up
+from dbsn.noise.diagnosis import diagnose, recommend
+
+from .conftest import smooth_image
+
+
+def test_pixel_shuffle_round_trip_and_sub_images():
+    x = torch.arange(2 * 3 * 6 * 9, dtype=torch.float32).reshape(2, 3, 6, 9)
+    down = pd_down(x, 3)
+    assert down.shape == (18, 3, 2, 3)
+    assert torch.equal(pd_up(down, 3), x)
+    # sub-image (i, j) of image b holds pixels (i + 3r, j + 3c)
+    b, i, j = 1, 2, 1
+    assert torch.equal(down[(b * 3 + i) * 3 + j], x[b, :, i::3, j::3])
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("dbsn_tiny", {"noise_model": "hg"}),
+    ("bsn_unet", {"noise_model": "awgn", "width": 8, "blocks": 2}),
+])
+@pytest.mark.parametrize("train_mode,stride", [(True, 3), (False, 2), (False, 1)])
+def test_shuffled_output_reads_only_its_own_sub_image_and_never_itself(name, kwargs, train_mode, stride):
+    """With stride s, mu and var_mu at p depend on pixels q = p + s * k, k != 0, and on no other: the
+    blind spot is exact and the neighbours closer than s (which share correlated noise) are unseen."""
+    torch.manual_seed(0)
+    model = dbsn.create_model(name, in_channels=3, pd_stride=3, **kwargs).double().train(train_mode)
+    size, p = 17, (8, 7)  # odd sizes: the padding to a multiple of the stride is exercised
+    y = torch.rand(1, 3, size, size - 2, dtype=torch.float64, requires_grad=True)
+    out = model.pixel_parts(y, stride=None if stride != 1 else 1)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size - 2), indexing="ij")
+    same = ((yy - p[0]) % stride == 0) & ((xx - p[1]) % stride == 0)
+    for key in ("mu", "s_mu"):
+        for c in range(3):
+            (g,) = torch.autograd.grad(out[key][0, c, p[0], p[1]], y, retain_graph=True)
+            reach = g[0].abs().sum(0)
+            assert reach[p] == 0, f"{key} at p reads y at p"
+            assert reach[~same].abs().sum() == 0, f"{key} reads pixels outside its sub-image at stride {stride}"
+            assert reach[same].sum() > 0
+
+
+def test_refinement_is_deterministic_and_changes_the_output():
+    torch.manual_seed(0)
+    model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn", pd_stride=4)
+    y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    refined = Denoiser(model, device="cpu", precision="fp32").predict(y)["x_hat"]
+    again = Denoiser(model, device="cpu", precision="fp32").predict(y)["x_hat"]
+    plain = Denoiser(model, device="cpu", precision="fp32", refine=0).predict(y)["x_hat"]
+    assert torch.equal(refined, again)
+    assert not torch.allclose(refined, plain)
+    with pytest.raises(ValueError, match="pixel-shuffled"):
+        Denoiser(dbsn.create_model("dbsn_tiny", in_channels=1), device="cpu", refine=2)
+
+
+def _noisy(rng, n=6, size=96, channels=1, noise="awgn", blur=False):
+    images = []
+    for _ in range(n):
+        x = smooth_image(rng, size, channels)
+        z = rng.standard_normal(x.shape)
+        if blur:  # a 2 x 2 box: neighbours share half their noise (correlation 0.5 at lag 1, 0 from lag 2)
+            z = F.avg_pool2d(torch.from_numpy(np.pad(z, ((0, 0), (0, 1), (0, 1)), mode="wrap"))[None], 2,
+                             stride=1)[0].numpy() * 2
+        std = 20 / 255 if noise == "awgn" else np.sqrt((40 * x / 255) ** 2 + (5 / 255) ** 2)
+        images.append((x + std * z).astype(np.float32))
+    return images
+
+
+def test_diagnosis_finds_white_noise_independent_and_its_level():
+    d = diagnose(_noisy(np.random.default_rng(0)))
+    assert d.correlation_length == 1 and not d.correlated
+    assert abs(d.rho1) < 0.05
+    assert abs(d.std - 20) < 2
+    assert not d.signal_dependent
+    r = recommend(d)
+    assert (r.noise_model, r.pd_stride, r.pd_stride_infer) == ("awgn", 1, 1)
+
+
+def test_diagnosis_finds_signal_dependent_noise():
+    d = diagnose(_noisy(np.random.default_rng(1), channels=3, noise="hg"))
+    assert d.signal_dependent and d.signal_ratio > 2 and not d.correlated
+    assert recommend(d).noise_model == "hg"
+
+
+def test_diagnosis_finds_correlated_noise_and_asks_for_pixel_shuffle():
+    d = diagnose(_noisy(np.random.default_rng(2), blur=True))
+    assert abs(d.rho1 - 0.5) < 0.06
+    assert abs(d.rho[0][2]) < 0.05
+    assert d.correlation_length == 2 and d.correlated
+    r = recommend(d)
+    assert (r.pd_stride, r.pd_stride_infer) == (5, 2)
+    assert "pixel-shuffle" in r.reasons[1]
+
+
+def _write(folder, images):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, y in enumerate(images):
+        Image.fromarray(np.round(np.clip(y[0], 0, 1) * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+
+
+def test_train_on_correlated_noise_chooses_pixel_shuffle_and_says_why(tmp_path, caplog):
+    noisy, run = tmp_path / "noisy", tmp_path / "run"
+    _write(noisy, _noisy(np.random.default_rng(3), n=4, size=64, blur=True))
+    caplog.set_level("INFO", logger="dbsn")
+    assert main(["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--steps", "3", "--batch-size", "2",
+                 "--patch-size", "40", "--precision", "fp32", "-o", str(run)]) == 0
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["model"]["pd_stride"] == 5 and summary["model"]["pd_stride_infer"] == 2
+    assert summary["model"]["noise_model"] == "awgn"
+    assert summary["noise_diagnosis"]["correlation_length"] == 2
+    assert "pixel-shuffle stride 5" in caplog.text
+    denoiser = dbsn.load(str(run / "model.safetensors"), device="cpu")
+    assert denoiser.refine == 8 and denoiser.model.shuffled
+    # the user's own choice wins over the diagnosis
+    assert main(["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--steps", "2", "--batch-size", "2",
+                 "--patch-size", "40", "--precision", "fp32", "--pd-stride", "1", "--noise-model", "hg",
+                 "-o", str(tmp_path / "mine")]) == 0
+    mine = json.loads((tmp_path / "mine" / "run.json").read_text())
+    assert mine["model"]["pd_stride"] == 1 and mine["model"]["noise_model"] == "hg"
+    assert "noise_diagnosis" not in mine
+
+
+def test_inspect_prints_verdicts_writes_figure_and_json_and_skips_a_bad_file(tmp_path, capsys):
+    from PIL import Image
+
+    noisy = tmp_path / "noisy"
+    _write(noisy, _noisy(np.random.default_rng(4), n=3, size=128))
+    (noisy / "broken.png").write_bytes(b"not an image")
+    figure, report = tmp_path / "noise.png", tmp_path / "noise.json"
+    code = main(["-q", "inspect", str(noisy), "--figure", str(figure), "--json", str(report)])
+    out = capsys.readouterr()
+    assert code == 1  # one file could not be read: reported, the rest diagnosed
+    assert "broken.png" in out.err
+    assert "independent noise" in out.out and "--pd-stride 1" in out.out
+    verdict = json.loads(report.read_text())
+    assert verdict["images"] == 3 and verdict["correlation_length"] == 1
+    assert Image.open(figure).size[0] > 100
+    # outputs that exist are not replaced without --overwrite
+    assert main(["-q", "inspect", str(noisy), "--json", str(report)]) == 2
