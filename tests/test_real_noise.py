@@ -150,3 +150,38 @@ def test_inspect_prints_verdicts_writes_figure_and_json_and_skips_a_bad_file(tmp
     assert Image.open(figure).size[0] > 100
     # outputs that exist are not replaced without --overwrite
     assert main(["-q", "inspect", str(noisy), "--json", str(report)]) == 2
+
+
+def _edges(size=96):
+    """Sharp squares: structure that a blur removes along with the noise."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (0.2 + 0.6 * (((yy // 12) + (xx // 12)) % 2))[None].astype(np.float64)
+
+
+def test_residual_report_tells_removed_noise_from_removed_detail():
+    from dbsn.noise.diagnosis import residual_report
+
+    rng = np.random.default_rng(5)
+    x = _edges()
+    y = x + rng.normal(0, 20 / 255, x.shape)
+    perfect = residual_report(y, x)  # only the noise taken out
+    assert abs(perfect["residual_std"] - 20) < 1
+    assert abs(perfect["rho1"]) < 0.05
+    assert perfect["structure"] < 0.1 and "detail kept" in perfect["verdict"]
+    blurred = F.avg_pool2d(torch.from_numpy(y)[None], 5, stride=1, padding=2, count_include_pad=False)[0].numpy()
+    lossy = residual_report(y, blurred)  # the edges taken out with the noise
+    assert lossy["structure"] > 0.3 and "removed detail" in lossy["verdict"]
+
+
+def test_denoise_report_without_clean_images(noisy_folder, tmp_path, capsys):
+    noisy, _ = noisy_folder
+    report = tmp_path / "report.json"
+    assert main(["-q", "denoise", "--model", "gray", str(noisy), "-o", str(tmp_path / "out"),
+                 "--report", str(report)]) == 0
+    rows = json.loads(report.read_text())
+    assert len(rows) == 6 and all(5 < r["residual_std"] < 40 for r in rows)
+    assert "report im0.png: residual std" in capsys.readouterr().out
+    # an existing report is not replaced, and nothing is denoised
+    assert main(["-q", "denoise", "--model", "gray", str(noisy), "-o", str(tmp_path / "out2"),
+                 "--report", str(report)]) == 2
+    assert not (tmp_path / "out2").exists()

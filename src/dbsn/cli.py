@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "3 times faster, within 0.01 dB), else fp32; fp32: the same result on every machine")
     d.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
     d.add_argument("--refine", type=NON_NEGATIVE_INT, help=REFINE_HELP)
+    d.add_argument("--report", help="write to this JSON file, and print, what the model took out of each image "
+                                    "(the residual's level, its correlation, whether it follows the edges): a check "
+                                    "without clean images")
 
     demo = sub.add_parser("demo", help="denoise the bundled noisy images with the bundled default models, "
                                        "print PSNR, draw a before/after figure")
@@ -317,9 +320,12 @@ def _reference_psnr(written: list[Path], reference: str) -> list[tuple[str, floa
 
 
 def cmd_denoise(args) -> int:
+    from .data.io import atomic_path
     from .denoiser import load
     from .files import DefaultDenoisers, denoise_files
     from .hub import default_names
+
+    _new_file(args.report, "--report", args.overwrite)
 
     if args.model is None:
         if not default_names():
@@ -331,9 +337,17 @@ def cmd_denoise(args) -> int:
         denoiser = load(args.model, gamma=args.gamma, max_memory=args.max_memory, precision=args.precision,
                         device=args.device, ensemble=args.ensemble, refine=args.refine)
     result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, report=bool(args.report))
     for path in result.written:
         print(f"wrote {path}")
+    if args.report:
+        for r in result.reports:
+            estimate = f" (noise estimate {r['noise_std_est']:.2f})" if "noise_std_est" in r else ""
+            print(f"report {Path(r['image']).name}: residual std {r['residual_std']:.2f}{estimate}, lag-1 "
+                  f"correlation {r['rho1']:+.2f}, edge correlation {r['structure']:+.2f}: {r['verdict']}")
+        with atomic_path(args.report) as tmp:
+            tmp.write_text(json.dumps(result.reports, indent=2))
+        print(f"wrote {args.report}")
     if args.reference:
         scores = _reference_psnr(result.written, args.reference)
         for name, value in scores:

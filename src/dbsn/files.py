@@ -27,6 +27,7 @@ log = logging.getLogger("dbsn")
 class FileResult:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    reports: list[dict] = field(default_factory=list)  # denoise_files(report=True): one per image
 
 
 def collect_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -152,6 +153,7 @@ def denoise_files(
     progress_bar: bool = False,
     overwrite: bool = False,
     max_pixels: int | None = None,
+    report: bool = False,
 ) -> FileResult:
     """Denoise image files into ``out_dir``, keeping what each file had (see :mod:`dbsn.data.io`).
 
@@ -163,7 +165,10 @@ def denoise_files(
     replaces an input, nor a file this call did not write unless ``overwrite``. A file that
     cannot be read or denoised is logged and skipped; the others go on.
     With ``noise_map``, ``<name>_std_n.tiff`` holds the estimated noise std (0-255 units, float32).
+    With ``report``, ``result.reports`` gets, per image (its first plane), what the model took out
+    (:func:`dbsn.noise.diagnosis.residual_report`) and, for a stage-1 model, its noise estimate.
     """
+    from .noise.diagnosis import residual_report
     from tqdm import tqdm
 
     if denoiser is None:
@@ -189,8 +194,13 @@ def denoise_files(
                 out = model.predict(torch.from_numpy(chw)[None])
                 x = out["x_hat"][0].numpy()
                 x_hat.append(np.repeat(x, plane.shape[0], axis=0) if x.shape[0] != plane.shape[0] else x)
-                if noise_map:
+                if noise_map or (report and model.is_blind_spot and not std_n):
                     std_n.append(std_n_map(out).numpy())
+                if report and len(x_hat) == 1:
+                    entry = {"image": str(path), **residual_report(plane, x_hat[0])}
+                    if std_n:
+                        entry["noise_std_est"] = float(std_n[0].mean())
+                    result.reports.append(entry)
             result.written.append(write_image(target.image, np.stack(x_hat), like=info))
             if noise_map:
                 write_image(target.noise_map, np.stack(std_n), like=noise_map_layout(info))
