@@ -83,6 +83,33 @@ def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
+def diagnose_only(datasets: Path, names: list[str]) -> int:
+    """The diagnosis's verdicts on real noise and on synthetic noise that must read as independent."""
+    from dbsn.data.io import list_images, read_image
+    from dbsn.noise import parse_noise
+    from dbsn.noise.diagnosis import diagnose, recommend
+    import torch
+
+    def load(folder: Path, n: int | None = None):
+        return [read_image(path)[0] for path in list_images(folder)[:n]]
+
+    cases = {name: load(datasets / name / "noisy") for name in [*names, "fmdd_samples"]
+             if (datasets / name / "noisy").is_dir()}
+    if (datasets / "cbsd68").is_dir():
+        clean = load(datasets / "cbsd68", 20)
+        for spec in ("awgn:25", "awgn:5", "hg:40,10"):
+            noise = parse_noise(spec)
+            cases[f"cbsd68[:20] + {spec}"] = [noise.add_protocol(torch.from_numpy(x)).numpy() for x in clean]
+        cases["cbsd68[:20] clean"] = clean
+    print(f"{'images':<26}{'std':>7}{'rho lag 1':>11}{'lag 2':>8}{'length':>8}{'std dark->bright':>18}  verdict")
+    for label, images in cases.items():
+        d = diagnose(images)
+        r = recommend(d)
+        print(f"{label:<26}{d.std:>7.2f}{d.rho1:>+11.2f}{0.5 * (d.rho[0][2] + d.rho[2][0]):>+8.2f}"
+              f"{d.correlation_length:>8}{d.signal_ratio:>17.2f}x  {r.noise_model}, pd {r.pd_stride}/{r.pd_stride_infer}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default=",".join(SETS), type=lambda s: s.split(","),
@@ -91,6 +118,9 @@ def main() -> int:
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
     p.add_argument("--bm3d", type=int, default=8, help="CBM3D on the first N images of each set (0: none)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="only the noise diagnosis: of each set's noisy images, of fmdd_samples, and of synthetic "
+                        "noise (awgn:25, awgn:5, hg:40,10) on the first 20 CBSD68 images and of those images clean")
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("-o", "--out", type=Path, required=True, help="results folder (outside the work tree)")
     args = p.parse_args()
@@ -104,6 +134,8 @@ def main() -> int:
     from dbsn.noise.diagnosis import describe, diagnose, recommend
 
     print(machine())
+    if args.diagnose:
+        return diagnose_only(args.datasets, [name for name, _ in sets])
     for name, scored in sets:
         folder, out = args.datasets / name, args.out / name
         out.mkdir(parents=True, exist_ok=True)
