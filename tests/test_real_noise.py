@@ -124,6 +124,17 @@ def test_train_on_correlated_noise_chooses_pixel_shuffle_and_says_why(tmp_path, 
     assert "pixel-shuffle stride 5" in caplog.text
     denoiser = dbsn.load(str(run / "model.safetensors"), device="cpu")
     assert denoiser.refine == 8 and denoiser.model.shuffled
+    # the quality report: what the trained model took out of held-out noisy images, and a figure of it
+    from PIL import Image
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["summary"] == summary["quality_report"] and report["summary"]["images"] == len(report["images"]) >= 1
+    assert report["summary"]["val_nll"] == summary["last_validation"]["val_nll"]
+    for row in report["images"]:
+        assert row["image"].endswith(".png") and row["residual_std"] > 0 and row["noise_std_est"] > 0
+        assert set(row["residual_rho"]) >= {"0,1", "1,0"} and -1 <= row["structure"] <= 1
+    with Image.open(run / "report.png") as figure:
+        assert figure.format == "PNG" and figure.width > 4 * 64
     # the user's own choice wins over the diagnosis
     assert main(["-q", "train", "--noisy", str(noisy), "--model", "dbsn_tiny", "--steps", "2", "--batch-size", "2",
                  "--patch-size", "40", "--precision", "fp32", "--pd-stride", "1", "--noise-model", "hg",

@@ -243,6 +243,11 @@ def _report(summary: dict, out: str) -> None:
         return
     print(json.dumps({k: summary[k] for k in ("steps", "elapsed_s", "last_validation", "skipped")}, indent=2))
     print(f"weights: {Path(out) / 'model.safetensors'}")
+    if "quality_report" in summary:
+        q = summary["quality_report"]
+        print(f"quality report ({q['images']} held-out images; {Path(out) / 'report.json'}, "
+              f"{Path(out) / 'report.png'}): residual std {q['residual_std']:.2f} against the estimated noise "
+              f"{q['noise_std_est']:.2f}, its neighbour correlation {q['rho1']:+.2f}; {q['verdict']}")
 
 
 def cmd_train(args) -> int:

@@ -111,17 +111,18 @@ def _blocks(image: np.ndarray) -> np.ndarray:
     return cut.transpose(1, 3, 0, 2, 4).reshape(rows * cols, c, BLOCK, BLOCK)
 
 
+def _lag_mean(r: np.ndarray, dy: int, dx: int, axis=None) -> np.ndarray:
+    """The mean of ``r(p) r(p + (dy, dx))`` over the pairs the last two axes hold (over ``axis``; all by
+    default): the one autocorrelation sum behind the diagnosis and the residual report."""
+    h, w = r.shape[-2:]
+    return (r[..., : h - dy, : w - dx] * r[..., dy:, dx:]).mean(axis=axis)
+
+
 def _lag_sums(residuals: np.ndarray) -> np.ndarray:
-    """``sum r(p) r(p + (dy, dx))`` over the blocks ``(N, B, B)``, for dy, dx in 0..MAX_LAG."""
-    out = np.zeros((MAX_LAG + 1, MAX_LAG + 1))
-    n = residuals.shape[-1]
-    for dy in range(MAX_LAG + 1):
-        for dx in range(MAX_LAG + 1):
-            a = residuals[:, : n - dy, : n - dx]
-            b = residuals[:, dy:, dx:]
-            # normalised per pair, so every lag is an average over the pairs it has
-            out[dy, dx] = (a * b).sum() / a[0].size
-    return out
+    """``r(p) r(p + (dy, dx))`` over the blocks ``(N, B, B)``, for dy, dx in 0..MAX_LAG: the mean over the
+    pairs of each block (every lag an average over the pairs it has), summed over the blocks."""
+    return np.array([[len(residuals) * _lag_mean(residuals, dy, dx) for dx in range(MAX_LAG + 1)]
+                     for dy in range(MAX_LAG + 1)])
 
 
 def _white_rho() -> np.ndarray:
@@ -142,8 +143,7 @@ def _long_lag_correlation(residuals: np.ndarray) -> np.ndarray:
     """Per block ``(N, B, B)``: the mean autocorrelation along both axes at lags ``LONG_LAGS``."""
     r = residuals.astype(np.float64)
     power = (r**2).mean(axis=(1, 2)) + 1e-20
-    rho = [(r[:, :, :-d] * r[:, :, d:]).mean(axis=(1, 2)) + (r[:, :-d, :] * r[:, d:, :]).mean(axis=(1, 2))
-           for d in LONG_LAGS]
+    rho = [_lag_mean(r, 0, d, axis=(1, 2)) + _lag_mean(r, d, 0, axis=(1, 2)) for d in LONG_LAGS]
     return np.mean(rho, axis=0) / (2 * power)
 
 
@@ -288,7 +288,7 @@ def residual_report(y: np.ndarray, x_hat: np.ndarray) -> dict:
     rho = {}
     for dy, dx in RESIDUAL_LAGS:
         if dy < h and dx < w:
-            rho[f"{dy},{dx}"] = float((r[:, : h - dy, : w - dx] * r[:, dy:, dx:]).mean() / max(power, 1e-20))
+            rho[f"{dy},{dx}"] = float(_lag_mean(r, dy, dx) / max(power, 1e-20))
     gray = x_hat.mean(0)
     gy, gx = np.gradient(gray) if min(h, w) > 1 else (np.zeros_like(gray), np.zeros_like(gray))
     edges, energy = _box(np.hypot(gy, gx)), _box((r**2).mean(0))

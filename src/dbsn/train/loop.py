@@ -95,6 +95,9 @@ class Task(Protocol):
     def summary(self) -> dict:
         """What ``run.json`` records of the task's data (image counts, skipped files, ...)."""
 
+    # optional: ``report(out, weights, last_validation) -> dict | None``, run once on the main rank after
+    # the final weights are written; what it returns goes into ``run.json`` as ``quality_report``
+
 
 def optimiser_step(task: Task, loss: torch.Tensor) -> None:
     """One step of ``task.optimizer`` on ``loss`` (scaled for fp16)."""
@@ -114,7 +117,7 @@ def check_budget(steps: int | None, minutes: float | None) -> None:
         raise ValueError("give exactly one budget: --steps N or --minutes M")
 
 
-RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "run.json")  # what a run writes into its folder
+RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "run.json", "report.json", "report.png")  # what a run writes into its folder
 
 
 def prepare_run(out_dir: str, resume: bool, ctx: Context = Context(), options=None,
@@ -353,6 +356,15 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     if ctx.is_main:
         with averaged() as final:
             save_weights(out / "model.safetensors", final.eval())
+        report = getattr(task, "report", None)
+        if report is not None:
+            try:
+                written = report(out, out / "model.safetensors", last_val)
+            except Exception as err:  # noqa: BLE001  the weights are written: a failed report must not lose run.json
+                log.warning("the quality report could not be written (%s); the weights are fine", err)
+            else:
+                if written is not None:
+                    summary["quality_report"] = written
         with atomic_path(out / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
     # no rank leaves (and tears down its process group) while rank 0 is still writing:

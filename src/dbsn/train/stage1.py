@@ -22,6 +22,7 @@ import numbers
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ from ..runtime import INFERENCE_PRECISIONS, grad_scaler, memory_format_for
 from ..seeds import HEADS_CACHE, VALIDATION, stream_seed
 from .init import init_weights
 from .loop import PRECISION_HELP, RunOptions, cosine, run_task
+from .report import REPORT_IMAGES, quality_report
 
 log = logging.getLogger("dbsn")
 
@@ -182,6 +184,7 @@ class Stage1Data:
         )
         self.val_y, self.val_x = val_sampler.sample()
         self.n_train, self.n_val = len(train_idx), len(val_idx)
+        self.report_idx = list(held_out)  # the images the quality report denoises (dbsn.train.report)
 
 
 class HeadsCache:
@@ -366,6 +369,16 @@ class Stage1Task:
         return {"images_train": data.n_train, "images_val": data.n_val, "channels": data.channels,
                 "skipped": [str(p) for p, _ in data.folder.skipped],
                 **({"noise_diagnosis": self.diagnosis.to_dict()} if self.diagnosis else {})}
+
+    def report(self, out: Path, weights: Path, last_validation: dict) -> dict | None:
+        """The quality report of a run on noisy images (:mod:`dbsn.train.report`); none for clean ones."""
+        if self.options.noisy is None:
+            return None
+        folder = self.data.folder
+        picked = self.data.report_idx[:REPORT_IMAGES]
+        names = [str(p if isinstance(p, Path) else f"{p[0]}[{p[1]}]") for p in (folder.paths[i] for i in picked)]
+        images = [(name, folder.images[i].numpy()) for name, i in zip(names, picked)]
+        return quality_report(weights, images, out, last_validation, device=self.device)
 
     @torch.no_grad()
     def validate(self) -> dict:
