@@ -39,7 +39,10 @@ def test_two_processes_agree_and_write_once(ddp_run):
     assert summary["world_size"] == 2 and summary["steps"] == 6
     first, second = summary["rank_parameter_checksums"]
     assert first == second  # DDP kept the two ranks' parameters identical
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.csv", "model.safetensors", "run.json"]
+    # one of each file, written once by rank 0 (the quality report too: the run is on noisy images)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.csv", "model.safetensors", "report.json",
+                                                     "report.png", "run.json"]
+    assert "quality_report" in summary
     rows = (run / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 6  # one header, one row per step: a single writer
 
