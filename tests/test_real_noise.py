@@ -55,13 +55,68 @@ def test_refinement_is_deterministic_and_changes_the_output():
     torch.manual_seed(0)
     model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn", pd_stride=4)
     y = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
-    refined = Denoiser(model, device="cpu", precision="fp32").predict(y)["x_hat"]
-    again = Denoiser(model, device="cpu", precision="fp32").predict(y)["x_hat"]
-    plain = Denoiser(model, device="cpu", precision="fp32", refine=0).predict(y)["x_hat"]
+    refined = Denoiser(model, device="cpu", precision="fp32", refine=8).predict(y)["x_hat"]
+    again = Denoiser(model, device="cpu", precision="fp32", refine=8).predict(y)["x_hat"]
+    plain = Denoiser(model, device="cpu", precision="fp32").predict(y)["x_hat"]
     assert torch.equal(refined, again)
     assert not torch.allclose(refined, plain)
     with pytest.raises(ValueError, match="pixel-shuffled"):
         Denoiser(dbsn.create_model("dbsn_tiny", in_channels=1), device="cpu", refine=2)
+
+
+@pytest.mark.parametrize("form", ["var", "cov"])
+def test_split_at_level_keeps_the_sum_and_only_lowers_the_noise_share(form):
+    from dbsn import linalg
+    from dbsn.fusion import bayes_fusion, split_at_level
+
+    g = torch.Generator().manual_seed(0)
+    y, mu = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
+    if form == "var":
+        s_mu, s_n = 0.01 * torch.rand(2, 3, 8, 8, generator=g), torch.full((2, 3, 1, 1), 0.04)
+    else:
+        a = 0.1 * torch.randn(2, 8, 8, 3, 3, generator=g)
+        s_mu = (a @ a.transpose(-1, -2)).permute(0, 3, 4, 1, 2)  # (B, C, C, H, W)
+        s_n = (0.04 * torch.eye(3)).expand(2, 1, 1, 3, 3).permute(0, 3, 4, 1, 2)
+    level = torch.tensor([0.01, 0.09])  # image 0: below the model's 0.04, image 1: above it
+    m2, n2 = split_at_level(s_mu, s_n, level)
+    torch.testing.assert_close(m2 + n2, s_mu + s_n)
+    var_n = linalg.diagonal(n2).flatten(1).mean(1)
+    torch.testing.assert_close(var_n, torch.tensor([0.01, 0.04]))  # lowered to the level, never raised
+    before, after = bayes_fusion(y, mu, s_mu, s_n), bayes_fusion(y, mu, m2, n2)
+    assert (after[0] - y[0]).abs().mean() < (before[0] - y[0]).abs().mean()  # towards y
+    torch.testing.assert_close(after[1], before[1])
+
+
+def test_noise_level_reads_white_noise_and_declines_small_images():
+    from dbsn.noise.diagnosis import noise_level
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.2, 0.8, 256, dtype=np.float32)[None, None, :].repeat(256, 1)
+    noisy = ramp + rng.normal(0, 10 / 255, ramp.shape).astype(np.float32)
+    assert noise_level(noisy) * 255 == pytest.approx(10, rel=0.1)
+    assert noise_level(noisy[:, :40, :40]) is None
+
+
+def test_a_pixel_shuffled_model_fuses_at_the_noise_level_read_from_the_image():
+    """An untrained model's noise estimate is far from the truth; the fusion of a pixel-shuffled one
+    takes the lower of it and the level read from the image, and a plain model keeps its own."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    x = np.linspace(0.3, 0.7, 128, dtype=np.float32)[None, None, None, :].repeat(128, axis=2)
+    y = torch.from_numpy(x + rng.normal(0, 2 / 255, x.shape).astype(np.float32))
+    shuffled = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn", pd_stride=2)
+    plain = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn")
+    for model in (shuffled, plain):
+        with torch.no_grad():
+            own = model.eval()(y)
+        assert float(own["var_n"].mean()) ** 0.5 > 4 / 255  # the untrained estimate: twice the noise
+        out = Denoiser(model, device="cpu", precision="fp32").predict(y)
+        if model is shuffled:
+            assert 1.6 / 255 < float(out["var_n"].mean()) ** 0.5 < 2.4 / 255
+            assert (out["x_hat"] - y).abs().mean() < (own["x_hat"].clamp(0, 1) - y).abs().mean()
+        else:
+            torch.testing.assert_close(out["var_n"], own["var_n"])
+            torch.testing.assert_close(out["x_hat"], own["x_hat"].clamp(0, 1))
 
 
 def _noisy(rng, n=6, size=96, channels=1, noise="awgn", blur=False):
@@ -123,7 +178,7 @@ def test_train_on_correlated_noise_chooses_pixel_shuffle_and_says_why(tmp_path, 
     assert summary["noise_diagnosis"]["correlation_length"] == 2
     assert "pixel-shuffle stride 5" in caplog.text
     denoiser = dbsn.load(str(run / "model.safetensors"), device="cpu")
-    assert denoiser.refine == 8 and denoiser.model.shuffled
+    assert denoiser.refine == 0 and denoiser.model.shuffled
     # the quality report: what the trained model took out of held-out noisy images, and a figure of it
     from PIL import Image
 

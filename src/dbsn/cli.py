@@ -29,8 +29,9 @@ ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies o
                  "times slower, about 0.1 dB better with 8")
 MEMORY_HELP = ("working memory for the model, e.g. 512M or 4G (default: a quarter of the memory available, "
                "from 256M to 8G); larger images are denoised in tiles with the same result")
-REFINE_HELP = ("passes of random-replacing refinement for a model trained with --pd-stride > 1 (default 8; 0: "
-               "off): each pass puts 16%% of the noisy pixels back and denoises again")
+REFINE_HELP = ("passes of random-replacing refinement for a model trained with --pd-stride > 1 (default 0: off; "
+               "AP-BSN uses 8): each pass puts 16%% of the noisy pixels back and denoises again, and their mean "
+               "is fused with the noisy image")
 OVERWRITE_RUN_HELP = ("start a new run in an -o that holds one: its checkpoint.pt, model.safetensors, log.csv and "
                       "run.json are removed first")
 

@@ -43,3 +43,26 @@ def bayes_fusion(
     chol = linalg.cholesky(cov_mu + cov_n)
     gain = cov_mu @ linalg.cholesky_solve(chol, linalg.to_vector(y - mu))
     return mu + linalg.from_vector(gain)
+
+
+def split_at_level(s_mu: torch.Tensor, s_n: torch.Tensor, var_level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(s_mu, s_n)`` split again where an independent reading of the noise variance is lower.
+
+    The likelihood fits the sum ``cov_mu + cov_n`` (the variance of ``y - mu``); how it is split
+    between the error of ``mu`` and the noise, only the estimator's design and the DBSN loss's
+    trace term decide. Where the error of ``mu`` exceeds the noise (light noise, a model early in
+    training, a pixel-shuffled one), the trace term pushes that error into ``cov_n``: the noise
+    estimate inflates, ``cov_mu`` shrinks, and the fusion trusts a poor ``mu`` over a good ``y``.
+
+    Here ``cov_n`` is scaled by ``k = min(var_level / mean(var_n), 1)`` per image and the rest given to
+    ``cov_mu``: ``(cov_mu + (1 - k) cov_n, k cov_n)``, the same sum, both still positive semi-definite.
+    It only ever lowers the noise share, so the fusion moves towards ``y``, never away from it.
+
+    Args:
+        s_mu, s_n: per-pixel or image-averaged variances ``(B, C, H, W)`` or covariances ``(B, C, C, H, W)``.
+        var_level: the noise variance per image ``(B,)``, in [0, 1] units.
+    """
+    var_n = linalg.diagonal(s_n).flatten(1).mean(1)
+    k = (var_level.to(var_n) / var_n.clamp_min(linalg.VAR_FLOOR)).clamp(max=1.0)
+    k = k.view(-1, *([1] * (s_n.dim() - 1)))
+    return s_mu + (1 - k) * s_n, k * s_n

@@ -206,6 +206,23 @@ def diagnose(images) -> Diagnosis:
     )
 
 
+LEVEL_PIXELS = 1 << 22  # the central crop noise_level reads (per channel): enough flat blocks, bounded cost
+
+
+def noise_level(image: np.ndarray) -> float | None:
+    """The noise std of one image ``(C, H, W)`` in [0, 1], in [0, 1] units, read as :func:`diagnose` reads it
+    (its flattest blocks; an upper bound on an image with little flat area), from a central crop of at
+    most ``LEVEL_PIXELS`` pixels; None where the image holds fewer than ``FEW_BLOCKS`` blocks."""
+    c, h, w = image.shape
+    side = int(math.isqrt(LEVEL_PIXELS))
+    ch, cw = min(h, max(side, LEVEL_PIXELS // max(w, 1))), min(w, max(side, LEVEL_PIXELS // max(h, 1)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image[:, top:top + ch, left:left + cw]
+    if (ch // BLOCK) * (cw // BLOCK) < FEW_BLOCKS:
+        return None
+    return diagnose([crop]).std / 255
+
+
 @dataclass
 class Recommendation:
     """The ``dbsn train`` settings a diagnosis calls for, and why."""
