@@ -15,6 +15,14 @@ Asymmetric strides (AP-BSN): a large one in training (5) breaks the correlation;
 inference (2) keeps more detail, where the network, trained on sub-images, meets finer ones.
 :class:`PixelShuffleBSN` takes the training stride in training mode and the inference stride in
 evaluation mode, unless a call names its own.
+
+What the Bayes fusion (METHOD.md section 4) assumes here: ``y = x + n`` with ``n`` of covariance
+``cov_n`` at each pixel, and ``mu - x`` of covariance ``cov_mu`` independent of ``n``. Pixel shuffle keeps
+the independence (the sub-image neighbours ``mu`` reads lie beyond the correlation), and ``cov_n`` is the
+noise's marginal covariance at one pixel, whatever its correlation with the neighbours: the fusion of a
+pixel needs nothing else. What breaks is the split of ``cov_mu + cov_n``: ``mu`` is poorer than at full
+resolution, and where its error exceeds the noise the estimator takes it in. :class:`dbsn.Denoiser`
+therefore fuses a shuffled model at the noise level read from each image (:func:`dbsn.fusion.split_at_level`).
 """
 
 from __future__ import annotations
