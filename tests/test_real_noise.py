@@ -251,3 +251,16 @@ def test_denoise_report_without_clean_images(noisy_folder, tmp_path, capsys):
     assert main(["-q", "denoise", "--model", "gray", str(noisy), "-o", str(tmp_path / "out2"),
                  "--report", str(report)]) == 2
     assert not (tmp_path / "out2").exists()
+
+
+def test_denoise_suggests_what_to_use_on_correlated_noise_only(tmp_path, caplog):
+    from dbsn.cli import main
+
+    caplog.set_level("WARNING", logger="dbsn")
+    for blur in (True, False):
+        caplog.clear()
+        inputs = tmp_path / f"in_{blur}"
+        _write(inputs, _noisy(np.random.default_rng(4), n=2, size=96, blur=blur))
+        assert main(["-q", "denoise", "--model", "gray", str(inputs), "-o", str(tmp_path / f"out_{blur}")]) == 0
+        assert ("shared between neighbouring pixels" in caplog.text) == blur
+        assert ("dbsn train --noisy DIR" in caplog.text) == blur
