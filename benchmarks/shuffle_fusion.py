@@ -83,14 +83,15 @@ def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[flo
             r3 = refined._refined(y, cells["own level"].clamp(0, 1), refined.tile_spec())
             cells["refine 8, raw"] = r3
             cells["refine 8, fused at own level"] = bayes_fusion(y, r3, s_mu, s_n)
-            for tag, level in (("read", noise_level(y[0].numpy())), ("true", true_std / 255)):
+            read = noise_level(y[0].numpy())
+            for tag, level in (("read", read), ("true", true_std / 255)):
                 split = split_at_level(s_mu, s_n, torch.tensor([level * level]))
                 cells[f"level {tag}"] = bayes_fusion(y, mu, *split)
                 cells[f"level {tag}, refine 8"] = bayes_fusion(y, r3, *split)
         for label, out in cells.items():
             rows.setdefault(label, []).append(score(out, x) - base)
         rows.setdefault("noisy input (dB)", []).append(base)
-        rows.setdefault("level read (0-255)", []).append(255 * noise_level(y[0].numpy()))
+        rows.setdefault("level read (0-255)", []).append(255 * read)
     return rows
 
 

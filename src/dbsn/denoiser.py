@@ -123,7 +123,7 @@ class Denoiser:
         # what needs the whole image (a stage-1 model's averages and fusion, in fp32)
         parts = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec, self.max_memory,
                             self.window_pixels)
-        if var_level is not None:
+        if var_level is not None:  # on the image averages the fusion takes (s_mu is averaged only for MG)
             s_mu, s_n = self.model.average(parts["s_mu"], parts["s_n"])
             parts = {**parts, **dict(zip(("s_mu", "s_n"), split_at_level(s_mu, s_n, var_level)))}
         out = {k: v.float() for k, v in self.model.assemble(y, parts, gamma=self.gamma).items()}
