@@ -206,3 +206,57 @@ def test_distill_options_refuse_values_out_of_range(kw):
         DistillOptions(**{**base, **kw}).validate()
     assert "\n" not in str(err.value)
     DistillOptions(**base).validate()
+
+
+def _tiny_student(tmp_path, **kw):
+    clean = _clean_folder(tmp_path / "clean", n=3, size=40)
+    noisy = _noisy_folder(tmp_path / "noisy", clean)
+    torch.manual_seed(0)
+    save_weights(tmp_path / "teacher.safetensors", dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn"))
+    return DistillOptions(teacher=str(tmp_path / "teacher.safetensors"), noisy=str(noisy), clean=[str(clean)],
+                          student="unet_small", student_kwargs={"widths": [8, 16, 32]}, steps=4, batch_size=4,
+                          patch_size=32, val_every=1000, **kw)
+
+
+def test_snapshots_keep_the_weights_along_the_run(tmp_path):
+    from safetensors import safe_open
+
+    # an interval far below one step's time: every step is past the next snapshot, and one file each
+    opts = _tiny_student(tmp_path, snapshot_minutes=1e-9)
+    out = tmp_path / "run"
+    distill(opts, str(out), progress_bar=False)
+    files = sorted((out / "snapshots").iterdir())
+    assert [f.name for f in files] == [f"step-{s:08d}.safetensors" for s in range(1, 5)]
+    seconds = []
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            seconds.append(float(fh.metadata()["elapsed_s"]))
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    last, final = load_model(files[-1]), load_model(out / "model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), final.state_dict().values()))
+    # the first snapshot is an earlier state, not a copy of the last
+    assert not all(torch.equal(a, b) for a, b in zip(load_model(files[0]).state_dict().values(),
+                                                     final.state_dict().values()))
+    # a new run in that folder must not mix its snapshots with these: refused, or replaced with --overwrite
+    (out / "model.safetensors").unlink()
+    (out / "checkpoint.pt").unlink()
+    (out / "log.csv").unlink()
+    (out / "run.json").unlink()
+    with pytest.raises(FileExistsError, match="snapshots"):
+        distill(opts, str(out), progress_bar=False)
+    distill(DistillOptions(**{**opts.__dict__, "steps": 2, "snapshot_minutes": None}), str(out), progress_bar=False,
+            overwrite=True)
+    assert not list((out / "snapshots").iterdir())
+
+
+def test_l1_loss_trains_another_student(tmp_path):
+    opts = _tiny_student(tmp_path)
+
+    def weights(loss):
+        distill(DistillOptions(**{**opts.__dict__, "loss": loss}), str(tmp_path / loss), progress_bar=False)
+        return list(load_model(tmp_path / loss / "model.safetensors").state_dict().values())
+
+    l2, l1 = weights("l2"), weights("l1")
+    assert not all(torch.equal(a, b) for a, b in zip(l1, l2))
+    with pytest.raises(ValueError, match="loss"):
+        DistillOptions(**{**opts.__dict__, "loss": "huber"}).validate()

@@ -184,6 +184,10 @@ GROWTH = {
     "wider": (dict(widths=(8, 12, 16), depth=2), dict(widths=(8, 16, 24), depth=2),
               ("down.2.2.weight", (slice(0, 16), slice(16, None))),
               [dict(widths=(8, 20, 12), depth=2), dict(widths=(8, 12, 16), depth=3)]),
+    # attention added at the coarsest level: its output projection starts at zero
+    "attention": (dict(widths=(8, 12, 16), depth=2), dict(widths=(8, 12, 16), depth=2, attention=2),
+                  ("attend.proj.weight", (slice(None),)),
+                  [dict(widths=(8, 12, 20), depth=2), dict(widths=(8, 12, 16), depth=3)]),
 }
 
 
@@ -249,3 +253,21 @@ def test_int8_storage_keeps_each_weight_within_half_a_step_of_its_kernel_scale(t
     with torch.no_grad():
         out, again = model(y)["x_hat"], load_model(tmp_path / "int8.safetensors")(y)["x_hat"]
     assert 0 < (out - again).abs().max() < 0.01
+
+
+def test_attention_reaches_across_its_block_and_no_further():
+    """By autograd: one output pixel reads pixels its convolutions alone do not reach, within the radius."""
+    torch.manual_seed(0)
+    plain = dbsn.create_model("mwcnn_small", widths=(8, 12, 16), depth=1).double()
+    model = dbsn.create_model("mwcnn_small", widths=(8, 12, 16), depth=1, attention=4).double()
+    model.load_unattended_state(plain.state_dict())
+    torch.nn.init.normal_(model.attend.proj.weight, std=0.5)
+
+    def reach(net):
+        y = torch.rand(1, 1, 192, 192, dtype=torch.float64, requires_grad=True)
+        net(y)["x_hat"][0, 0, 100, 100].backward()
+        rows, cols = torch.nonzero(y.grad[0, 0]).unbind(1)
+        return max((rows - 100).abs().max().item(), (cols - 100).abs().max().item())
+
+    assert reach(plain) <= plain.tile_spec().radius < reach(model) <= model.tile_spec().radius
+    assert model.tile_spec().align == 8 * 4  # blocks of 4 at 1/8 scale: the tiles cut where the blocks do

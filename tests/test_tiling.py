@@ -13,6 +13,7 @@ CASES = [
     ("dbsn_tiny", 3, {"noise_model": "hg"}),
     ("dbsn_tiny", 1, {"noise_model": "awgn", "mask_mode": "trimmed"}),
     ("mwcnn_small", 1, {}),
+    ("mwcnn_small", 3, {"widths": (8, 12, 16), "attention": 2, "colour": "opponent"}),
     ("unet_small", 3, {}),
     ("bsn_unet", 1, {"noise_model": "awgn", "width": 8, "blocks": 2}),
     ("bsn_unet", 3, {"noise_model": "mg", "width": 8, "blocks": 2}),

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(k, DistillOptions, {"budget": k.add_mutually_exclusive_group()})
     k.add_argument("--widths", help="student feature widths per level, e.g. 32,64,128")
     k.add_argument("--depth", type=POSITIVE_INT, help="student conv layers per level")
+    k.add_argument("--attention", type=POSITIVE_INT,
+                   help="MWCNN students: self-attention within blocks of this many pixels of the coarsest level "
+                        "(e.g. 8; a block of 8 spans 64 image pixels at 3 levels), for structure that repeats")
     k.add_argument("--colour", choices=COLOURS,
                    help="colour students: one network on RGB (joint, the default) or one gray network per "
                         "opponent channel, guided by the luminance (opponent; --init may name a gray student)")
@@ -213,6 +216,10 @@ def _distill_options(args: argparse.Namespace):
         student_kwargs["depth"] = args.depth
     if args.colour:
         student_kwargs["colour"] = args.colour
+    if args.attention is not None:
+        if not args.student.startswith("mwcnn"):
+            raise ValueError(f"--attention is for MWCNN students (mwcnn, mwcnn_small), not {args.student!r}")
+        student_kwargs["attention"] = args.attention
     return from_arguments(DistillOptions, args, student_kwargs=student_kwargs)
 
 

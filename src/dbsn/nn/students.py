@@ -102,6 +102,47 @@ def _pad_to_multiple(y: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return pad_reflect(y, (-h) % multiple, (-w) % multiple), (h, w)
 
 
+class WindowAttention(nn.Module):
+    """Self-attention among the pixels of each ``window`` x ``window`` block of a feature map, added to it.
+
+    Each pixel attends to every pixel of its block, whatever their distance: at the coarsest level of
+    an MWCNN, a block of 8 covers 64 x 64 image pixels, where a repeated structure (bricks, windows,
+    fabric) shows the network other copies of what it denoises. The blocks tile the map from its
+    top-left corner; past the bottom and right edges they are padded, and the padding takes no part.
+    The norm is per pixel, so the output at a pixel depends on its block alone, and tiles that start
+    on the blocks' grid compute it exactly. The output projection starts at zero, so the block starts
+    as the identity.
+    """
+
+    def __init__(self, channels: int, window: int, heads: int = 4):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention needs channels divisible by its {heads} heads, got {channels}")
+        self.window, self.heads = window, heads
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        s, heads = self.window, self.heads
+        ph, pw = (-h) % s, (-w) % s  # blocks past the bottom and right edges hold padding, left out of attention
+        t = F.pad(self.norm(x.permute(0, 2, 3, 1)), (0, 0, 0, pw, 0, ph))  # (b, H, W, c)
+        nh, nw = (h + ph) // s, (w + pw) // s
+        t = t.reshape(b, nh, s, nw, s, c).transpose(2, 3).reshape(-1, s * s, c)  # one row per block
+        mask = None
+        if ph or pw:
+            real = F.pad(x.new_ones(1, 1, h, w, dtype=torch.bool), (0, pw, 0, ph))[0, 0]
+            mask = real.reshape(nh, s, nw, s).transpose(1, 2).reshape(1, nh * nw, 1, 1, s * s)
+            mask = mask.expand(b, -1, -1, -1, -1).reshape(-1, 1, 1, s * s)
+        q, k, v = self.qkv(t).reshape(-1, s * s, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(-1, s * s, c)
+        out = self.proj(out).reshape(b, nh, nw, s, s, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, nh * s, nw * s)
+        return x + out[..., :h, :w].to(x.dtype)
+
+
 class MWCNN(Student):
     """Multi-level wavelet CNN (Liu et al. 2018): a U-Net whose down- and up-sampling are Haar DWT/IWT.
 
@@ -109,12 +150,17 @@ class MWCNN(Student):
         in_channels: image channels.
         widths: feature channels at each wavelet level (paper: 160, 256, 256).
         depth: 3x3 conv layers per level on each side (paper: 4).
+        attention: with a block size (e.g. 8), self-attention within blocks of that many pixels of the
+            coarsest level, between its two sides (:class:`WindowAttention`); 0: none (the paper's).
     """
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (160, 256, 256), depth: int = 4):
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (160, 256, 256), depth: int = 4,
+                 attention: int = 0):
         super().__init__()
         widths = tuple(widths)
         self.in_channels, self.levels, self.widths, self.depth = in_channels, len(widths), widths, depth
+        self.attention = attention
+        self.attend = WindowAttention(widths[-1], attention) if attention else nn.Identity()
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         c_prev = in_channels
@@ -130,7 +176,15 @@ class MWCNN(Student):
         # Haar blocks of the DWT and the IWT reach s / 2 each
         radius = sum(2 ** (i + 1) * (2 * self.depth + 1) for i in range(self.levels))
         floats = sum(4 * w / 4 ** (i + 1) for i, w in enumerate(self.widths)) + 16 * self.in_channels
-        return TileSpec(radius=radius, align=2**self.levels, bytes_per_pixel=int(STUDENT_BYTES * floats))
+        if self.attention:  # a block of the coarsest level reaches its size times that level's scale
+            coarse = 2**self.levels
+            radius += self.attention * coarse
+            # q, k, v and the output per pixel of that level, and each head's weights over its block
+            floats += (4 * self.widths[-1] + 4 * self.attention**2) / coarse**2
+        # tiles start on the grid of the attention blocks
+        return TileSpec(radius=radius, align=2**self.levels * max(self.attention, 1),
+                        bytes_per_pixel=int(STUDENT_BYTES * floats))
+
 
     def forward(self, y: torch.Tensor, **_) -> dict[str, torch.Tensor]:
         padded, (h, w) = _pad_to_multiple(y, 2**self.levels)
@@ -138,6 +192,7 @@ class MWCNN(Student):
         for i, down in enumerate(self.down):
             skips.append(h_)
             h_ = _reading_the_image(down, haar_dwt(h_)) if i == 0 else down(haar_dwt(h_))
+        h_ = self.attend(h_)
         for up, skip in zip(reversed(self.up), reversed(skips)):
             h_ = haar_iwt(up(h_)) + (skip if skip is not padded else 0)
         return {"x_hat": y - h_[..., :h, :w]}
@@ -168,6 +223,14 @@ class MWCNN(Student):
                 eye[torch.arange(target.shape[0]), torch.arange(target.shape[1]), 1, 1] = 1.0
                 grown[key] = eye
         self.load_state_dict(grown)
+
+    def load_unattended_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from the same MWCNN without attention: the result equals it (the attention adds zero)."""
+        own = {k for k in self.state_dict() if not k.startswith("attend.")}
+        if set(state) != own:
+            raise ValueError("the weights without attention do not fit: the widths and depth must be the same")
+        missing, _ = self.load_state_dict(state, strict=False)
+        assert all(k.startswith("attend.") for k in missing)
 
     def load_narrower_state(self, state: dict[str, torch.Tensor]) -> None:
         """Start from an MWCNN of the same depth with fewer channels per level: the result equals it.
@@ -339,6 +402,10 @@ class OpponentColour(Student):
     def load_narrower_state(self, state: dict[str, torch.Tensor]) -> None:
         """Start from an opponent-colour student whose gray network is narrower (see :class:`MWCNN`)."""
         self._grow("load_narrower_state", "wider", state)
+
+    def load_unattended_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from an opponent-colour student whose gray network has no attention (see :class:`MWCNN`)."""
+        self._grow("load_unattended_state", "with attention", state)
 
 
 COLOURS = ("joint", "opponent")

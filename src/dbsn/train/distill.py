@@ -8,7 +8,8 @@ The frozen stage-1 model (the teacher) provides two kinds of training pairs:
   (averaged over the image for AWGN and MG), ``z`` is standard normal and
   ``u ~ U(0.9, 1.1)`` is drawn once per batch.
 
-Loss: ``0.1 * mse(f(y_i), x_hat_i) + mse(f(y_j), x_j)``, with ``1/8`` of each batch real.
+Loss: ``0.1 * mse(f(y_i), x_hat_i) + mse(f(y_j), x_j)``, with ``1/8`` of each batch real (``--loss l1``: the
+mean absolute error in place of each mse).
 
 Where the synthetic levels come from (``synthetic_levels``):
 
@@ -48,6 +49,7 @@ from .loop import RunOptions, cosine, run_task
 log = logging.getLogger("dbsn")
 
 SYNTHETIC_LEVELS = ("clean", "noisy")
+LOSSES = ("l2", "l1")
 
 
 @dataclass
@@ -69,6 +71,8 @@ class DistillOptions(RunOptions):
     noisy_share: float = option(0.125, "share of real noisy patches per batch", low=0, high=1)
     weight_noisy: float = option(0.1, "loss weight of the real noisy pairs", low=0)
     weight_clean: float = option(1.0, "loss weight of the synthetic pairs", low=0)
+    loss: str = option("l2", "the student's error on each pair: l2 (squared, the paper's) or l1 (absolute)",
+                       choices=LOSSES)
     u_range: tuple[float, float] = option((0.9, 1.1), "range of the per-batch noise scale u", parse=comma_numbers(2))
     synthetic_levels: str = option("clean", "noise level of the synthetic pairs: CNN_est on each clean image (clean, "
                                             "the paper) or the levels measured on the noisy images (noisy; AWGN and "
@@ -234,11 +238,16 @@ class DistillTask:
         loss, parts = y.new_zeros(()), {}
         if n:
             parts["teacher_mse"] = torch.mean((pred[:n] - x_hat_i) ** 2)
-            loss = loss + self.options.weight_noisy * parts["teacher_mse"]
+            loss = loss + self.options.weight_noisy * self._error(pred[:n], x_hat_i, parts["teacher_mse"])
         if y_j.shape[0]:
             parts["synthetic_mse"] = torch.mean((pred[n:] - x_j) ** 2)
-            loss = loss + self.options.weight_clean * parts["synthetic_mse"]
+            loss = loss + self.options.weight_clean * self._error(pred[n:], x_j, parts["synthetic_mse"])
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "phase": "distill", "lr": lr}
+
+    def _error(self, pred: torch.Tensor, target: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
+        """The training loss of one part: its mean squared error, or with ``--loss l1`` its mean absolute one
+        (the logged parts stay squared errors, comparable across runs)."""
+        return mse if self.options.loss == "l2" else torch.mean(torch.abs(pred - target))
 
     def summary(self) -> dict:
         return {"teacher": self.teacher_config, "images_noisy": self.data.n_images[0],

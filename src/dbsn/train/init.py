@@ -1,7 +1,7 @@
 """Starting a training run from trained weights (``--init``): the same model, or one grown from it.
 
 A gray student becomes an opponent-colour one, a shallower or narrower MWCNN a deeper or wider
-one, a stage-1 model for another noise keeps its D-BSN; each starts computing what its source did.
+one or one with attention, a stage-1 model for another noise keeps its D-BSN; each starts computing what its source did.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ def init_weights(model: nn.Module, source: str) -> None:
     state = payload["model"]
     # a smaller MWCNN student grown into this one: (is it, the method, what the log says it kept)
     for smaller, method, kept in ((_shallower, "load_shallower_state", "depth"),
-                                  (_narrower, "load_narrower_state", "widths")):
+                                  (_narrower, "load_narrower_state", "widths"),
+                                  (_unattended, "load_unattended_state", "attention")):
         if smaller(source_config, model.config) and hasattr(model, method):
             try:
                 getattr(model, method)(state)
             except ValueError as err:
                 raise ValueError(f"--init {source}: {err}") from None
-            log.info("initialised from %s (%s %s), grown into this model", source, kept, source_config[kept])
+            log.info("initialised from %s (%s %s), grown into this model", source, kept, source_config.get(kept, 0))
             return
     source_noise, noise = source_config.get("noise_model"), model.config.get("noise_model")
     if source_noise and noise and source_noise != noise and not _fits(model, state):
@@ -84,6 +85,14 @@ def _narrower(source: dict, target: dict) -> bool:
         return False
     pairs = list(zip(source["widths"], target["widths"]))
     return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
+
+
+def _unattended(source: dict, target: dict) -> bool:
+    """Whether ``source`` is the configuration ``target`` has, without its attention blocks."""
+    def rest(config: dict) -> dict:
+        return json.loads(json.dumps({k: v for k, v in config.items() if k != "attention"}))
+
+    return not source.get("attention") and bool(target.get("attention")) and rest(source) == rest(target)
 
 
 def _fits(model: nn.Module, state: dict) -> bool:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -68,6 +69,9 @@ class RunOptions:
     val_every: int = option(200, "validate every this many steps", low=1, integer=True, group="optimisation")
     save_every: int = option(500, "write checkpoint.pt every this many steps", low=1, integer=True,
                              group="optimisation")
+    snapshot_minutes: float | None = option(None, "also keep the weights every this many minutes of training, in "
+                                                  "snapshots/ (a learning curve)", low=0, low_open=True,
+                                            group="optimisation")
     device: str = option("auto", "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:1, mps", group="optimisation")
 
     def validate(self) -> None:
@@ -112,6 +116,18 @@ def cosine(q: float, floor: float = 0.05) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
 
 
+SNAPSHOT_NAME = re.compile(r"step-\d{8}\.safetensors")
+
+
+def snapshot_name(step: int) -> str:
+    """The file name of the snapshot after ``step`` steps (its metadata holds the minutes); by name is by time."""
+    return f"step-{step:08d}.safetensors"
+
+
+def _next_multiple(seconds: float, interval: float) -> float:
+    return interval * (math.floor(seconds / interval) + 1) if interval < math.inf else math.inf
+
+
 def check_budget(steps: int | None, minutes: float | None) -> None:
     if (steps is None) == (minutes is None):
         raise ValueError("give exactly one budget: --steps N or --minutes M")
@@ -146,6 +162,7 @@ def prepare_run(out_dir: str, resume: bool, ctx: Context = Context(), options=No
             raise ValueError(f"run {out} is finished: {done}; give a larger --steps or --minutes to continue it")
     else:
         used = [name for name in RUN_FILES if (out / name).exists()]
+        used += [str(p.relative_to(out)) for p in _snapshots(out)]
         if used and not overwrite:
             raise FileExistsError(f"{out} already holds a run ({', '.join(used)}); pass --resume to continue it, "
                                   "--overwrite to replace it, or choose another -o")
@@ -154,11 +171,18 @@ def prepare_run(out_dir: str, resume: bool, ctx: Context = Context(), options=No
         if overwrite:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
+            for path in _snapshots(out):
+                path.unlink()
         for name in RUN_FILES:
             for stale in remove_stale_temporaries(out / name):
                 log.info("removed %s, left by a run that was stopped while writing it", stale)
     ctx.barrier()
     return state
+
+
+def _snapshots(out: Path) -> list[Path]:
+    """The weights a run kept with ``--snapshot-minutes`` in ``out`` (only the names it writes)."""
+    return sorted(p for p in (out / "snapshots").glob("step-*.safetensors") if SNAPSHOT_NAME.fullmatch(p.name))
 
 
 def _finished(out: Path, state: dict, options) -> bool:
@@ -284,6 +308,21 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
     def averaged():
         return ema.applied(task.model) if ema is not None else nullcontext(task.model)
 
+    # the next snapshot is due at this many seconds: the first multiple of the interval past the clock
+    snapshot_s = 60.0 * options.snapshot_minutes if options.snapshot_minutes else math.inf
+    next_snapshot = [_next_multiple(elapsed, snapshot_s)]
+
+    def snapshot() -> None:
+        if elapsed < next_snapshot[0]:
+            return
+        next_snapshot[0] = _next_multiple(elapsed, snapshot_s)  # intervals a slow step spanned are one snapshot
+        if ctx.is_main:
+            with averaged() as weights:
+                was_training = weights.training
+                save_weights(out / "snapshots" / snapshot_name(step), weights.eval(),
+                             metadata={"step": step, "elapsed_s": round(elapsed, 3)})
+                weights.train(was_training)
+
     fields = ["step", "phase", "loss", *task.loss_parts, "lr", "elapsed_s", *task.log_fields]
     log_path = out / "log.csv"
     total = options.steps if options.steps is not None else int(60 * options.minutes)
@@ -330,6 +369,7 @@ def run_loop(task: Task, options, out_dir: str, state: dict | None, progress_bar
                     log_fh.flush()  # each row on disk as it is written: a killed run keeps its log
                 if step % options.save_every == 0:
                     checkpoint()
+                snapshot()
                 bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4g}",
                                 **({"std_n": f"{last_val['noise_std_est']:.1f}"} if "noise_std_est" in last_val
                                    else {}))
