@@ -49,6 +49,7 @@ CANDIDATES = {
     "patch64 b36": {"patch-size": "64", "batch-size": "36"},  # as many pixels per step, more patches
     "wide deep": {"widths": "64,128,256", "depth": "4"},      # the colour default's size
     "4 levels": {"widths": "48,96,192,256"},                 # a fourth Haar level: twice the reach, at 1/256
+    "attention 8": {"attention": "8"},                       # blocks of 64 x 64 pixels at the coarsest level
     "unet": {"student": "unet_small"},
     "lr 2e-3": {"lr": "2e-3"},
 }
