@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATASETS, bm3d_denoise, machine, require_bm3d, run
+from common import DATASETS, bm3d_rows, machine, require_bm3d, run
 
 TRAIN_SETS = ("train400", "bsd432", "div2k_val_crop256", "sun_hays80")
 VAL_SETS = ("bsd432", "div2k_val_crop256")
@@ -133,20 +133,10 @@ def curve(run_dir: Path, val: Path) -> list[dict]:
 
 def bm3d_baseline(val: Path) -> dict:
     """BM3D told the true std, on the same noisy validation images: mean PSNR per sigma."""
-    import torch
+    from dbsn.data import list_images
 
-    from dbsn.data import list_images, read_image
-    from dbsn.metrics import psnr
-    from dbsn.noise import parse_noise
-
-    out = {}
-    for s in SIGMAS:
-        noise, values = parse_noise(f"awgn:{s}"), []
-        for path in list_images(val):
-            x = torch.from_numpy(read_image(path, channels=1)[0])
-            values.append(psnr(bm3d_denoise(noise.add_protocol(x, seed=0), s / 255.0), x))
-        out[str(s)] = sum(values) / len(values)
-    return out
+    n = len(list_images(val))
+    return {str(s): statistics.mean(r["psnr"] for r in bm3d_rows(val, f"awgn:{s}", 1, n)) for s in SIGMAS}
 
 
 def plot(curves: dict[str, list[dict]], bm3d: dict | None, path: Path, sigma: str = "25") -> None:

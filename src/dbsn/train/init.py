@@ -66,12 +66,14 @@ def init_weights(model: nn.Module, source: str) -> None:
     log.info("initialised from %s", source)
 
 
+def _rest(config: dict, key: str) -> dict:
+    """``config`` without ``key``, as JSON has it (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != key}))
+
+
 def _same_but(source: dict, target: dict, key: str) -> bool:
     """Whether two model configurations agree on everything but ``key``."""
-    def rest(config: dict) -> dict:  # as JSON has it: tuples become lists
-        return json.loads(json.dumps({k: v for k, v in config.items() if k != key}))
-
-    return key in source and key in target and rest(source) == rest(target)
+    return key in source and key in target and _rest(source, key) == _rest(target, key)
 
 
 def _shallower(source: dict, target: dict) -> bool:
@@ -89,10 +91,8 @@ def _narrower(source: dict, target: dict) -> bool:
 
 def _unattended(source: dict, target: dict) -> bool:
     """Whether ``source`` is the configuration ``target`` has, without its attention blocks."""
-    def rest(config: dict) -> dict:
-        return json.loads(json.dumps({k: v for k, v in config.items() if k != "attention"}))
-
-    return not source.get("attention") and bool(target.get("attention")) and rest(source) == rest(target)
+    return (not source.get("attention") and bool(target.get("attention"))
+            and _rest(source, "attention") == _rest(target, "attention"))
 
 
 def _fits(model: nn.Module, state: dict) -> bool:
