@@ -15,6 +15,11 @@ the same noisy images in the same run. No test set is read.
 
     python benchmarks/students.py -o /work/runs/students                       # every candidate
     python benchmarks/students.py -o /work/runs/students --candidates base,l1 --minutes 12 --every 3
+    python benchmarks/students.py -o /work/runs/students --candidates base --also gray /work/runs/gray-long/run
+
+``--also`` scores more students on the same images: a bundled model or weights file (one row), or
+a `dbsn distill` run folder (one point per snapshot, as the candidates), for instance a long run
+that went on from a bundled student. It is how a run is compared with the model it would replace.
 
 A finished run or score is read back, not computed again, and a stopped run resumes: run it again.
 The budget is wall-clock minutes of the whole machine: run nothing else meanwhile. It writes
@@ -52,6 +57,10 @@ CANDIDATES = {
     "attention 8": {"attention": "8"},                       # blocks of 64 x 64 pixels at the coarsest level
     "unet": {"student": "unet_small"},
     "lr 2e-3": {"lr": "2e-3"},
+    # the bundled gray student trained on (`--init`) under a fresh, lower cosine schedule, EMA weights:
+    # a long run of a winner, scored beside the model it would replace (`--also gray`)
+    "gray on": {"init": "gray", "lr": "2.5e-4", "ema": "0.995", "seed": "1"},
+    "gray on attention 8": {"init": "gray", "attention": "8", "lr": "2.5e-4", "ema": "0.995", "seed": "1"},
 }
 
 
@@ -96,11 +105,11 @@ def train_candidate(out: Path, clean: Path, noisy: Path, candidate: dict, minute
     return run_dir
 
 
-def score(weights: Path, val: Path) -> dict:
-    """Mean PSNR per sigma of ``weights`` on the images of ``val`` (the protocol), and seconds per image."""
+def score(weights: Path | str, val: Path) -> dict:
+    """Mean PSNR per sigma of ``weights`` on the images of ``val`` (the protocol, in fp32), and seconds per image."""
     import dbsn
 
-    denoiser = dbsn.load(weights)
+    denoiser = dbsn.load(weights, device="cpu", precision="fp32")  # the same numbers on any CPU
     rows = {s: dbsn.evaluate(denoiser, val, f"awgn:{s}", channels=1) for s in SIGMAS}
     return {**{str(s): r["psnr"] for s, r in rows.items()},
             "s_per_image": statistics.median(r["seconds_per_image_median"] for r in rows.values())}
@@ -110,7 +119,7 @@ def curve(run_dir: Path, val: Path) -> list[dict]:
     """One point per snapshot (and the final weights): minutes, steps, PSNR per sigma; cached per file."""
     from safetensors import safe_open
 
-    cache_path = run_dir / "scores.json"
+    cache_path = run_dir / "scores_fp32.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     points = []
     for path in sorted((run_dir / "snapshots").glob("step-*.safetensors")):
@@ -177,11 +186,14 @@ def plot(curves: dict[str, list[dict]], bm3d: dict | None, path: Path, sigma: st
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--candidates", default=",".join(CANDIDATES), type=lambda s: s.split(","))
+    p.add_argument("--candidates", default=",".join(c for c in CANDIDATES if "init" not in CANDIDATES[c]),
+                   type=lambda s: s.split(","), help="default: every candidate that starts from random weights")
     p.add_argument("--minutes", type=float, default=12.0, help="training budget of each candidate")
     p.add_argument("--every", type=float, default=3.0, help="minutes between two scored snapshots")
     p.add_argument("--val", type=int, default=12, help="validation images from each of bsd432 and div2k")
     p.add_argument("--noisy-images", type=int, default=48, help="noisy train400 images the levels come from")
+    p.add_argument("--also", nargs="+", default=[], metavar="MODEL",
+                   help="more students to score: bundled names, weights files or distill run folders")
     p.add_argument("--no-bm3d", action="store_true")
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("-o", "--out", type=Path, required=True, help="results folder (outside the work tree)")
@@ -210,6 +222,17 @@ def main() -> int:
         tag = name.replace(" ", "_")
         run_dir = train_candidate(args.out / tag, clean, noisy, CANDIDATES[name], args.minutes, args.every)
         curves[name] = curve(run_dir, val)
+    models = {}
+    for name in args.also:
+        if Path(name, "run.json").is_file():
+            curves[name] = curve(Path(name), val)
+        else:
+            cache_path = args.out / "also_fp32.json"
+            cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+            if name not in cache:
+                cache[name] = score(name, val)
+                cache_path.write_text(json.dumps(cache, indent=1))
+            models[name] = cache[name]
     bm3d_path = args.out / "bm3d.json"
     bm3d = None
     if not args.no_bm3d:
@@ -226,9 +249,12 @@ def main() -> int:
         by_minute = " ".join(f"{p['minutes']:.1f}:{p['25']:.2f}" for p in pts)
         print(f"{name:<14}{last['step']:>7}{last['step'] / (60 * last['minutes']):>9.2f}{last['s_per_image']:>7.2f}  "
               f"{by_minute:<36}  {last['15']:.2f} / {last['25']:.2f} / {last['50']:.2f}")
+    for name, row in models.items():
+        print(f"{name:<14}{'':>16}{row['s_per_image']:>7.2f}  {'':<36}  "
+              f"{row['15']:.2f} / {row['25']:.2f} / {row['50']:.2f}")
     if bm3d:
         print(f"{'BM3D':<14}{'':>23}  {'(true std)':<36}  {bm3d['15']:.2f} / {bm3d['25']:.2f} / {bm3d['50']:.2f}")
-    (args.out / "curves.json").write_text(json.dumps({"curves": curves, "bm3d": bm3d, "machine": machine(),
+    (args.out / "curves.json").write_text(json.dumps({"curves": curves, "models": models, "bm3d": bm3d, "machine": machine(),
                                                       "validation": [str(p) for p in held_out]}, indent=1))
     plot(curves, bm3d, args.out / "curves.png")
     print(f"wrote {args.out / 'curves.json'} and {args.out / 'curves.png'}")
