@@ -20,6 +20,7 @@ the same noisy images in the same run. No test set is read.
 ``--also`` scores more students on the same images: a bundled model or weights file (one row), or
 a `dbsn distill` run folder (one point per snapshot, as the candidates), for instance a long run
 that went on from a bundled student. It is how a run is compared with the model it would replace.
+The bundled students trained on all four sets, these validation images among them, which favours them.
 
 A finished run or score is read back, not computed again, and a stopped run resumes: run it again.
 The budget is wall-clock minutes of the whole machine: run nothing else meanwhile. It writes
