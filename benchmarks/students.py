@@ -116,28 +116,32 @@ def score(weights: Path | str, val: Path) -> dict:
             "s_per_image": statistics.median(r["seconds_per_image_median"] for r in rows.values())}
 
 
+def cached(path: Path, key: str, compute) -> dict:
+    """``compute()``, kept under ``key`` in the JSON file ``path`` and read back from it on later runs."""
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if key not in cache:
+        cache[key] = compute()
+        path.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
 def curve(run_dir: Path, val: Path) -> list[dict]:
     """One point per snapshot (and the final weights): minutes, steps, PSNR per sigma; cached per file."""
     from safetensors import safe_open
 
+    def snapshot_point(path: Path) -> dict:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata()
+        return {"minutes": float(meta["elapsed_s"]) / 60, "step": int(meta["step"]), **score(path, val)}
+
     cache_path = run_dir / "scores_fp32.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    points = []
-    for path in sorted((run_dir / "snapshots").glob("step-*.safetensors")):
-        if path.name not in cache:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata()
-            cache[path.name] = {"minutes": float(meta["elapsed_s"]) / 60, "step": int(meta["step"]),
-                                **score(path, val)}
-            cache_path.write_text(json.dumps(cache, indent=1))
-        points.append(cache[path.name])
+    points = [cached(cache_path, path.name, lambda: snapshot_point(path))
+              for path in sorted((run_dir / "snapshots").glob("step-*.safetensors"))]
     summary = json.loads((run_dir / "run.json").read_text())
-    if "final" not in cache:
-        cache["final"] = {"minutes": summary["elapsed_s"] / 60, "step": summary["steps"],
-                          **score(run_dir / "model.safetensors", val)}
-        cache_path.write_text(json.dumps(cache, indent=1))
+    final = cached(cache_path, "final", lambda: {"minutes": summary["elapsed_s"] / 60, "step": summary["steps"],
+                                                 **score(run_dir / "model.safetensors", val)})
     if not points or points[-1]["step"] != summary["steps"]:
-        points.append(cache["final"])
+        points.append(final)
     return points
 
 
@@ -228,12 +232,7 @@ def main() -> int:
         if Path(name, "run.json").is_file():
             curves[name] = curve(Path(name), val)
         else:
-            cache_path = args.out / "also_fp32.json"
-            cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-            if name not in cache:
-                cache[name] = score(name, val)
-                cache_path.write_text(json.dumps(cache, indent=1))
-            models[name] = cache[name]
+            models[name] = cached(args.out / "also_fp32.json", name, lambda: score(name, val))
     bm3d_path = args.out / "bm3d.json"
     bm3d = None
     if not args.no_bm3d:
