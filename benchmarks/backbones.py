@@ -16,6 +16,10 @@ Two steps, each resumable (a finished cell is read back, not run again):
    the noise estimate, steps, steps per second, and BM3D on the same noisy images in the same
    run (its first ``--bm3d`` images; the model's PSNR on those images beside it).
 
+``--from-bundled`` adds the line a user gets by fine-tuning the bundled stage-1 model of the set's
+channels (``dbsn train --init gray-stage1`` or ``color-stage1``) on the noisy images, with its own
+learning rates chosen the same way; its 0-minute cell is the bundled model as it comes.
+
     python benchmarks/backbones.py --choose --sets bsd68 -o /work/runs/backbones
     python benchmarks/backbones.py --sets bsd68,cbsd68 --minutes 15,30,60 --bm3d 8 -o /work/runs/backbones
 
@@ -36,6 +40,9 @@ from common import DATASETS, bm3d_rows, dataset, machine, run
 
 BACKBONES = ("dbsn_small", "bsn_unet")
 CHANNELS = {"bsd68": 1, "cbsd68": 3}
+# --from-bundled: the bundled stage-1 model the cells of each channel count go on from (a dbsn_small
+# whose noise estimator reads y - mu), trained on clean images with synthetic noise of std 5 to 50
+BUNDLED_STAGE1 = {1: "gray-stage1", 3: "color-stage1"}
 CHOICE_SET, CHOICE_IMAGES, LEFT_OUT = "bsd432", 68, ("12003.jpg",)
 
 # The candidates of --choose: the options they add to `dbsn train` (each names every option it sets).
@@ -45,11 +52,31 @@ RECIPES = {
     "bf16 lr1e-3 .9/.1/0": {"precision": "bf16", "lr": "1e-3", "phase-split": "0.9,0.1,0", "trace-weight": "0.1"},
     "bf16 lr1e-3 .8/.2/0": {"precision": "bf16", "lr": "1e-3", "phase-split": "0.8,0.2,0", "trace-weight": "0.1"},
     "bf16 lr2e-3 .9/.1/0": {"precision": "bf16", "lr": "2e-3", "phase-split": "0.9,0.1,0", "trace-weight": "0.1"},
+    # for fine-tuning a trained model: both learning rates lower, in the default ratio of 1 to 3
+    "bf16 lr3e-4 .8/.2/0": {"precision": "bf16", "lr": "3e-4", "lr-heads": "1e-3", "phase-split": "0.8,0.2,0",
+                            "trace-weight": "0.1"},
+    "bf16 lr1e-4 .8/.2/0": {"precision": "bf16", "lr": "1e-4", "lr-heads": "3e-4", "phase-split": "0.8,0.2,0",
+                            "trace-weight": "0.1"},
 }
 CANDIDATES = {  # backbone: the recipes tried
-    "dbsn_small": list(RECIPES),
+    "dbsn_small": ["before", "bf16 lr1e-3 .9/.1/0", "bf16 lr1e-3 .8/.2/0", "bf16 lr2e-3 .9/.1/0"],
     "bsn_unet": ["bf16 lr1e-3 .9/.1/0", "bf16 lr2e-3 .9/.1/0"],
+    "from-bundled": ["bf16 lr1e-3 .8/.2/0", "bf16 lr3e-4 .8/.2/0", "bf16 lr1e-4 .8/.2/0"],
 }
+
+
+def lines(args, channels: int) -> list[tuple[str, str, tuple[str, ...]]]:
+    """What is compared: ``(name, backbone, extra dbsn train options)``, each backbone from scratch and
+    with ``--from-bundled`` the bundled stage-1 model fine-tuned."""
+    found = [(backbone, backbone, ()) for backbone in args.backbones]
+    if args.from_bundled:
+        start = BUNDLED_STAGE1[channels]
+        found.append((f"from {start}", "dbsn_small", ("--init", start, "--estimator-input", "residual")))
+    return found
+
+
+def candidates(name: str) -> list[str]:
+    return CANDIDATES["from-bundled" if name.startswith("from ") else name]
 
 
 def choice_folder(datasets: Path, seed: int = 0) -> Path:
@@ -68,22 +95,32 @@ def recipe_args(recipe: dict) -> list[str]:
     return [arg for key, value in recipe.items() for arg in (f"--{key}", value)]
 
 
-def cell(out: Path, clean: Path, channels: int, noise: str, backbone: str, recipe: dict, minutes: float) -> dict:
-    """Train ``backbone`` with ``recipe`` on the fixed-noise images of ``clean`` for ``minutes``, then
-    evaluate on the same images; the results (read back when ``out`` holds them already)."""
+def cell(out: Path, clean: Path, channels: int, noise: str, backbone: str, recipe: dict, minutes: float,
+         extra: tuple[str, ...] = ()) -> dict:
+    """Train ``backbone`` with ``recipe`` (and the ``dbsn train`` options ``extra``) on the fixed-noise
+    images of ``clean`` for ``minutes``, then evaluate on the same images; the results (read back when
+    ``out`` holds them already). At 0 minutes the ``--init`` model of ``extra`` is evaluated as it is."""
     result_path = out / "evaluate.json"
+    untrained = minutes == 0
+    if untrained and "--init" not in extra:
+        raise ValueError("a 0-minute cell needs a model to start from (--from-bundled)")
+    run_dir = out / "run"
+    weights = extra[extra.index("--init") + 1] if untrained else str(run_dir / "model.safetensors")
     if not result_path.exists():
-        run_dir = out / "run"
-        if not (run_dir / "model.safetensors").exists():
+        if not untrained and not (run_dir / "model.safetensors").exists():
             resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
             run(["dbsn", "-q", "train", "--clean", str(clean), "--channels", str(channels), "--noise", noise,
                  "--fixed-noise", "--model", backbone, "--minutes", f"{minutes:g}", *recipe_args(recipe),
-                 "--val-fraction", "0", "--val-every", "250", *resume, "-o", str(run_dir)])
-        run(["dbsn", "-q", "evaluate", "--model", str(run_dir / "model.safetensors"), "--clean", str(clean),
+                 "--val-fraction", "0", "--val-every", "250", *extra, *resume, "-o", str(run_dir)])
+        out.mkdir(parents=True, exist_ok=True)
+        run(["dbsn", "-q", "evaluate", "--model", weights, "--clean", str(clean),
              "--channels", str(channels), "--noise", noise, "--json", str(result_path)])
     result = json.loads(result_path.read_text())
-    summary = json.loads((out / "run" / "run.json").read_text())
-    with open(out / "run" / "log.csv") as fh:
+    if untrained:
+        return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "noise_std_est": result["noise_std_est"],
+                "steps": 0, "steps_per_s": float("nan"), "d-bsn_steps": 0, "images": result["images"]}
+    summary = json.loads((run_dir / "run.json").read_text())
+    with open(run_dir / "log.csv") as fh:
         phases = [row["phase"] for row in csv.DictReader(fh)]
     steps, seconds = summary["steps"], summary["elapsed_s"]
     return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "noise_std_est": result["noise_std_est"],
@@ -98,20 +135,25 @@ def choose(args, noise: str) -> dict:
     for name in args.sets:
         channels = CHANNELS[name]
         rows = []
-        for backbone in args.backbones:
-            for label in CANDIDATES[backbone]:
+        for line, backbone, extra in lines(args, channels):
+            folder_of = args.out / "choose" / f"c{channels}" / line.replace(" ", "-")
+            if extra:  # the model it starts from, as it comes
+                rows.append((line, "as bundled", cell(folder_of / "0min", folder, channels, noise, backbone, {}, 0,
+                                                      extra)))
+            for label in candidates(line):
                 tag = label.replace(" ", "_").replace("/", "-")
-                r = cell(args.out / "choose" / f"c{channels}" / backbone / tag, folder, channels, noise, backbone,
-                         RECIPES[label], args.choose_minutes)
-                rows.append((backbone, label, r))
+                r = cell(folder_of / tag, folder, channels, noise, backbone, RECIPES[label], args.choose_minutes,
+                         extra)
+                rows.append((line, label, r))
         print(f"\nrecipe choice, {CHOICE_IMAGES} {CHOICE_SET} images ({'gray' if channels == 1 else 'colour'}), "
               f"{noise}, {args.choose_minutes:g} minutes each, {machine()}")
-        print(f"{'backbone':<12}{'recipe':<22}{'steps':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}{'std_est':>9}")
+        print(f"{'backbone':<19}{'recipe':<22}{'steps':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}{'std_est':>9}")
         for backbone, label, r in rows:
-            print(f"{backbone:<12}{label:<22}{r['steps']:>7}{r['steps_per_s']:>9.2f}{r['psnr_mu']:>8.2f}"
+            print(f"{backbone:<19}{label:<22}{r['steps']:>7}{r['steps_per_s']:>9.2f}{r['psnr_mu']:>8.2f}"
                   f"{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}")
-        for backbone in args.backbones:
-            best = max((row for row in rows if row[0] == backbone), key=lambda row: row[2]["psnr"])
+        for backbone, _, _ in lines(args, channels):
+            best = max((row for row in rows if row[0] == backbone and row[1] in RECIPES),
+                       key=lambda row: row[2]["psnr"])
             chosen[f"{backbone}/{channels}"] = best[1]
             print(f"chosen for {backbone}: {best[1]} ({best[2]['psnr']:.2f} dB)")
     path = args.out / "recipes.json"
@@ -123,16 +165,21 @@ def choose(args, noise: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default="bsd68", type=lambda s: s.split(","), help="bsd68, cbsd68 or both")
-    p.add_argument("--backbones", default=",".join(BACKBONES), type=lambda s: s.split(","))
+    p.add_argument("--backbones", default=",".join(BACKBONES), type=lambda s: [b for b in s.split(",") if b],
+                   help="the backbones trained from scratch ('' with --from-bundled: that line alone)")
     p.add_argument("--minutes", default="15,30,60", type=lambda s: [float(m) for m in s.split(",")])
     p.add_argument("--noise", default="awgn:25")
     p.add_argument("--choose", action="store_true", help="choose each backbone's recipe on the choice set")
     p.add_argument("--choose-minutes", type=float, default=5.0)
+    p.add_argument("--from-bundled", action="store_true",
+                   help="also fine-tune the bundled stage-1 model (gray-stage1, color-stage1) on the noisy images")
     p.add_argument("--bm3d", type=int, default=8, help="BM3D on the first N images of each set (0: none)")
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("-o", "--out", type=Path, required=True, help="results folder (outside the work tree)")
     args = p.parse_args()
-    unknown = [s for s in args.sets if s not in CHANNELS] + [b for b in args.backbones if b not in CANDIDATES]
+    unknown = [s for s in args.sets if s not in CHANNELS] + [b for b in args.backbones if b not in BACKBONES]
+    if not args.backbones and not args.from_bundled:
+        unknown.append("no backbone")
     if unknown:
         sys.exit(f"--sets takes {', '.join(CHANNELS)} and --backbones {', '.join(CANDIDATES)}; got {unknown}")
     if any(dataset(args.datasets, name) is None for name in [*args.sets, CHOICE_SET]):
@@ -147,32 +194,33 @@ def main() -> int:
     for name in args.sets:
         channels, clean = CHANNELS[name], args.datasets / name
         rows = []
-        for backbone in args.backbones:
-            label = chosen.get(f"{backbone}/{channels}")
+        for line, backbone, extra in lines(args, channels):
+            label = chosen.get(f"{line}/{channels}")
             recipe = RECIPES[label] if label else {}  # dbsn train's defaults
-            for minutes in args.minutes:
-                r = cell(args.out / name / backbone / f"{minutes:g}min", clean, channels, args.noise, backbone,
-                         recipe, minutes)
-                rows.append((backbone, label or "defaults", minutes, r))
+            # the scratch lines keep their folders of before: <set>/<backbone>/<minutes>min
+            folder_of = args.out / name / (line.replace(" ", "-") if extra else backbone)
+            for minutes in ([0.0] if extra else []) + args.minutes:
+                r = cell(folder_of / f"{minutes:g}min", clean, channels, args.noise, backbone, recipe, minutes, extra)
+                rows.append((line, label or "defaults" if minutes else "as bundled", minutes, r))
         bm3d = bm3d_rows(clean, args.noise, channels, args.bm3d) if args.bm3d else []
         names = {b["image"] for b in bm3d}
         mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
         print(f"\n{name}, {args.noise}, self-supervised on its {len(rows[0][3]['images'])} noisy images, "
               f"{machine()}")
-        print(f"{'backbone':<12}{'recipe':<22}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}"
+        print(f"{'backbone':<19}{'recipe':<22}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}"
               f"{'std_est':>9}{f'x_hat {len(bm3d)}':>10}")
         for backbone, label, minutes, r in rows:
             first = mean([im["psnr"] for im in r["images"] if im["image"] in names])
-            print(f"{backbone:<12}{label:<22}{minutes:>5g}{r['steps']:>7}{r['d-bsn_steps']:>7}{r['steps_per_s']:>9.2f}"
+            print(f"{backbone:<19}{label:<22}{minutes:>5g}{r['steps']:>7}{r['d-bsn_steps']:>7}{r['steps_per_s']:>9.2f}"
                   f"{r['psnr_mu']:>8.2f}{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}{first:>10.2f}")
         if bm3d:
-            print(f"{'BM3D' if channels == 1 else 'CBM3D':<12}{'':<22}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>9}"
+            print(f"{'BM3D' if channels == 1 else 'CBM3D':<19}{'':<22}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>9}"
                   f"{mean([b['psnr'] for b in bm3d]):>10.2f}"
                   f"   ({sorted(b['seconds'] for b in bm3d)[len(bm3d) // 2]:.1f} s/image)")
         print("curve (fused PSNR against minutes):")
-        for backbone in args.backbones:
-            points = [f"{m:g} min {r['psnr']:.2f}" for b, _, m, r in rows if b == backbone]
-            print(f"  {backbone:<12}" + ", ".join(points))
+        for line in dict.fromkeys(row[0] for row in rows):
+            points = [f"{m:g} min {r['psnr']:.2f}" for b, _, m, r in rows if b == line]
+            print(f"  {line:<19}" + ", ".join(points))
     return 0
 
 

@@ -532,3 +532,23 @@ def test_a_run_killed_before_its_results_is_finished_by_resume(tmp_path):
     summary = train(opts, str(run), resume=True, progress_bar=False)
     assert summary["steps"] == 3 and summary["last_validation"] and (run / "run.json").is_file()
     assert _rows(run / "log.csv")[1] == [1, 2, 3]
+
+
+
+def test_fine_tuning_defaults_to_the_lower_learning_rates(tmp_path):
+    """From trained weights (--init) the default learning rates are the lower pair of LEARNING_RATES; the run
+    records the rates it used, and a rate given is kept."""
+    from dbsn.train.stage1 import LEARNING_RATES
+
+    assert LEARNING_RATES["init"][0] < LEARNING_RATES["scratch"][0]
+    assert (TrainOptions().lr, TrainOptions().lr_heads) == LEARNING_RATES["scratch"]
+    assert (TrainOptions(init="gray-stage1").lr, TrainOptions(init="gray-stage1").lr_heads) == LEARNING_RATES["init"]
+    assert TrainOptions(init="gray-stage1", lr=5e-3).lr == 5e-3
+    clean = _clean_folder(tmp_path / "clean")
+    first = dict(clean=str(clean), noise="awgn:25", fixed_noise=True, steps=2)
+    train(_options(**first), str(tmp_path / "a"), progress_bar=False)
+    options = {k: v for k, v in vars(_options(**first)).items() if k not in ("lr", "lr_heads")}
+    train(TrainOptions(**{**options, "init": str(tmp_path / "a" / "model.safetensors")}), str(tmp_path / "b"),
+          progress_bar=False)
+    stored = json.loads((tmp_path / "b" / "run.json").read_text())["options"]
+    assert (stored["lr"], stored["lr_heads"]) == LEARNING_RATES["init"]

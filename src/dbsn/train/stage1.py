@@ -47,6 +47,13 @@ from .report import REPORT_IMAGES, quality_report
 log = logging.getLogger("dbsn")
 
 SCHEDULES = ("three-phase", "joint")
+# (D-BSN, heads) learning rates of the default recipe, from scratch and from trained weights (--init).
+# Adam's first steps move every weight by about the rate, whatever its gradient: from the bundled
+# gray-stage1, one step at 1e-3 took mu from 24.3 dB to 8.6 on two BSD68 crops. The bundled
+# gray-stage1 fine-tuned for 5 minutes on 68 bsd432 training images at awgn:25 (benchmarks/
+# backbones.py --choose --from-bundled), fused PSNR: 26.24 dB at 1e-3, 26.52 at 3e-4, 26.58 at 1e-4
+# (heads at three times the rate), against 26.41 for the model as it came.
+LEARNING_RATES = {"scratch": (1e-3, 3e-3), "init": (1e-4, 3e-4)}
 DIAGNOSIS_IMAGES = 64  # the noise of a real noisy set is diagnosed on at most this many of its images
 
 
@@ -64,8 +71,12 @@ class TrainOptions(RunOptions):
                                            group="data")
     noise: str | None = option(None, "synthetic noise: awgn:25, awgn:5-50, hg:40,10, hg-indep:40,10, mg",
                                group="data")
-    # the recipe's defaults, chosen by benchmarks/backbones.py --choose on 68 training images (bsd432)
-    lr: float = option(1e-3, "Adam learning rate of the D-BSN", low=0, group="optimisation")
+    # the recipe's defaults, chosen by benchmarks/backbones.py --choose on 68 training images (bsd432);
+    # the learning rates depend on --init (see LEARNING_RATES) and are settled in __post_init__
+    lr: float | None = option(None, f"Adam learning rate of the D-BSN (default {LEARNING_RATES['scratch'][0]:g}; "
+                                    f"{LEARNING_RATES['init'][0]:g} with --init: trained weights lose what they "
+                                    f"knew in the first steps at {LEARNING_RATES['scratch'][0]:g})", low=0,
+                              group="optimisation")
     precision: str = option("auto", PRECISION_HELP, choices=INFERENCE_PRECISIONS, group="optimisation")
     fixed_noise: bool = option(False, "one fixed seed-0 noisy realisation per image, as in the evaluation protocol",
                                group="data")
@@ -83,12 +94,22 @@ class TrainOptions(RunOptions):
     loss: str = option("dbsn", "constrained DBSN loss or plain NLL", choices=LOSSES, group="optimisation")
     trace_weight: float = option(0.1, "weight of the DBSN loss's gap over the NLL: 1 is the paper's loss, 0 the NLL",
                                  low=0, high=1, group="optimisation")
-    lr_heads: float = option(3e-3, "Adam learning rate of the two heads", low=0, group="optimisation")
+    lr_heads: float | None = option(None, f"Adam learning rate of the two heads (default "
+                                    f"{LEARNING_RATES['scratch'][1]:g}; {LEARNING_RATES['init'][1]:g} with --init)",
+                                    low=0, group="optimisation")
     heads_cache_gb: float = option(1.0, "heads phase: compute the frozen D-BSN once on large crops, up to this many "
                                         "GB, and train the heads on them (0: a D-BSN pass per heads step)",
                                    low=0, group="optimisation")
     val_fraction: float = option(0.1, "share of images held out for validation", low=0, high=1, high_open=True,
                                  group="optimisation")
+
+    def __post_init__(self) -> None:
+        # stored with the run as numbers, so that --resume and the run record keep the rates it used
+        start = LEARNING_RATES["init" if self.init else "scratch"]
+        if self.lr is None:
+            self.lr = start[0]
+        if self.lr_heads is None:
+            self.lr_heads = start[1]
 
     def validate(self) -> None:
         """Raise ``ValueError`` with what to change when options do not fit together."""
