@@ -22,6 +22,8 @@ learning rates chosen the same way; its 0-minute cell is the bundled model as it
 
     python benchmarks/backbones.py --choose --sets bsd68 -o /work/runs/backbones
     python benchmarks/backbones.py --sets bsd68,cbsd68 --minutes 15,30,60 --bm3d 8 -o /work/runs/backbones
+    python benchmarks/backbones.py --choose --sets bsd68 --backbones '' --from-bundled -o /work/runs/backbones
+    python benchmarks/backbones.py --sets bsd68 --backbones '' --from-bundled --minutes 15 -o /work/runs/backbones
 
 The budget is wall-clock minutes of ``dbsn train`` (the whole machine): run nothing else meanwhile.
 """

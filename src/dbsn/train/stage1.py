@@ -49,7 +49,7 @@ log = logging.getLogger("dbsn")
 SCHEDULES = ("three-phase", "joint")
 # (D-BSN, heads) learning rates of the default recipe, from scratch and from trained weights (--init).
 # Adam's first steps move every weight by about the rate, whatever its gradient: from the bundled
-# gray-stage1, one step at 1e-3 took mu from 24.3 dB to 8.6 on two BSD68 crops. The bundled
+# gray-stage1, one step at 1e-3 took mu from 24.3 dB to 7.9 on two BSD68 crops. The bundled
 # gray-stage1 fine-tuned for 5 minutes on 68 bsd432 training images at awgn:25 (benchmarks/
 # backbones.py --choose --from-bundled), fused PSNR: 26.24 dB at 1e-3, 26.52 at 3e-4, 26.58 at 1e-4
 # (heads at three times the rate), against 26.41 for the model as it came.
