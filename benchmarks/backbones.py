@@ -67,18 +67,15 @@ CANDIDATES = {  # backbone: the recipes tried
 }
 
 
-def lines(args, channels: int) -> list[tuple[str, str, tuple[str, ...]]]:
-    """What is compared: ``(name, backbone, extra dbsn train options)``, each backbone from scratch and
-    with ``--from-bundled`` the bundled stage-1 model fine-tuned."""
-    found = [(backbone, backbone, ()) for backbone in args.backbones]
+def lines(args, channels: int) -> list[tuple[str, str, tuple[str, ...], list[str]]]:
+    """What is compared: ``(name, backbone, extra dbsn train options, the recipes --choose tries)``, each
+    backbone from scratch and with ``--from-bundled`` the bundled stage-1 model fine-tuned."""
+    found = [(backbone, backbone, (), CANDIDATES[backbone]) for backbone in args.backbones]
     if args.from_bundled:
         start = BUNDLED_STAGE1[channels]
-        found.append((f"from {start}", "dbsn_small", ("--init", start, "--estimator-input", "residual")))
+        found.append((f"from {start}", "dbsn_small", ("--init", start, "--estimator-input", "residual"),
+                      CANDIDATES["from-bundled"]))
     return found
-
-
-def candidates(name: str) -> list[str]:
-    return CANDIDATES["from-bundled" if name.startswith("from ") else name]
 
 
 def choice_folder(datasets: Path, seed: int = 0) -> Path:
@@ -137,12 +134,12 @@ def choose(args, noise: str) -> dict:
     for name in args.sets:
         channels = CHANNELS[name]
         rows = []
-        for line, backbone, extra in lines(args, channels):
+        for line, backbone, extra, tried in lines(args, channels):
             folder_of = args.out / "choose" / f"c{channels}" / line.replace(" ", "-")
             if extra:  # the model it starts from, as it comes
                 rows.append((line, "as bundled", cell(folder_of / "0min", folder, channels, noise, backbone, {}, 0,
                                                       extra)))
-            for label in candidates(line):
+            for label in tried:
                 tag = label.replace(" ", "_").replace("/", "-")
                 r = cell(folder_of / tag, folder, channels, noise, backbone, RECIPES[label], args.choose_minutes,
                          extra)
@@ -153,7 +150,7 @@ def choose(args, noise: str) -> dict:
         for backbone, label, r in rows:
             print(f"{backbone:<19}{label:<22}{r['steps']:>7}{r['steps_per_s']:>9.2f}{r['psnr_mu']:>8.2f}"
                   f"{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}")
-        for backbone, _, _ in lines(args, channels):
+        for backbone, *_ in lines(args, channels):
             best = max((row for row in rows if row[0] == backbone and row[1] in RECIPES),
                        key=lambda row: row[2]["psnr"])
             chosen[f"{backbone}/{channels}"] = best[1]
@@ -196,7 +193,7 @@ def main() -> int:
     for name in args.sets:
         channels, clean = CHANNELS[name], args.datasets / name
         rows = []
-        for line, backbone, extra in lines(args, channels):
+        for line, backbone, extra, _ in lines(args, channels):
             label = chosen.get(f"{line}/{channels}")
             recipe = RECIPES[label] if label else {}  # dbsn train's defaults
             # the scratch lines keep their folders of before: <set>/<backbone>/<minutes>min
