@@ -9,9 +9,10 @@ Two steps, each resumable (a finished cell is read back, not run again):
    trains ``--choose-minutes`` and is scored on those 68 images; the best fused PSNR per backbone
    goes to ``recipes.json``.
 
-2. The cells: each backbone, with its chosen recipe (``dbsn train``'s defaults where none was
-   chosen), self-supervised on the 68 noisy images of each test set (``--fixed-noise``: the
-   protocol's one noisy realisation per image, no clean pixel seen) for each of ``--minutes``,
+2. The cells: each backbone, with its chosen recipe (the choices recorded in ``CHOSEN`` where the
+   results folder has no ``recipes.json``; for colour, the gray choice where no colour one ran),
+   self-supervised on the 68 noisy images of each test set (``--fixed-noise``: the protocol's one
+   noisy realisation per image, no clean pixel seen) for each of ``--minutes``,
    then ``dbsn evaluate`` on the same set. One table: PSNR of ``mu`` and of the fused ``x_hat``,
    the noise estimate, steps, steps per second, and BM3D on the same noisy images in the same
    run (its first ``--bm3d`` images; the model's PSNR on those images beside it).
@@ -60,6 +61,11 @@ RECIPES = {
     "bf16 lr1e-4 .8/.2/0": {"precision": "bf16", "lr": "1e-4", "lr-heads": "3e-4", "phase-split": "0.8,0.2,0",
                             "trace-weight": "0.1"},
 }
+# What --choose picked (68 bsd432 images, gray, awgn:25, 5 minutes each; the README's choice tables),
+# for a results folder without a recipes.json of its own. A colour line takes its gray choice until a
+# colour --choose has run: its label then says so.
+CHOSEN = {"dbsn_small/1": "bf16 lr1e-3 .8/.2/0", "bsn_unet/1": "bf16 lr1e-3 .9/.1/0",
+          "from gray-stage1/1": "bf16 lr1e-4 .8/.2/0"}
 CANDIDATES = {  # backbone: the recipes tried
     "dbsn_small": ["before", "bf16 lr1e-3 .9/.1/0", "bf16 lr1e-3 .8/.2/0", "bf16 lr2e-3 .9/.1/0"],
     "bsn_unet": ["bf16 lr1e-3 .9/.1/0", "bf16 lr2e-3 .9/.1/0"],
@@ -88,6 +94,15 @@ def choice_folder(datasets: Path, seed: int = 0) -> Path:
     for path in picked:
         (folder / path.name).symlink_to(path.resolve())
     return folder
+
+
+def chosen_recipe(chosen: dict, line: str, channels: int) -> str | None:
+    """The label of the recipe chosen for ``line`` at ``channels``: its own choice, else (colour) the gray
+    one, marked "(gray)"; None where nothing was chosen (``dbsn train``'s defaults)."""
+    gray_line = line.replace(BUNDLED_STAGE1[channels], BUNDLED_STAGE1[1])
+    if f"{line}/{channels}" in chosen:
+        return chosen[f"{line}/{channels}"]
+    return f"{chosen[f'{gray_line}/1']} (gray)" if f"{gray_line}/1" in chosen else None
 
 
 def recipe_args(recipe: dict) -> list[str]:
@@ -188,14 +203,14 @@ def main() -> int:
         choose(args, args.noise)
         return 0
     recipes_path = args.out / "recipes.json"
-    chosen = json.loads(recipes_path.read_text()) if recipes_path.exists() else {}
+    chosen = {**CHOSEN, **(json.loads(recipes_path.read_text()) if recipes_path.exists() else {})}
 
     for name in args.sets:
         channels, clean = CHANNELS[name], args.datasets / name
         rows = []
         for line, backbone, extra, _ in lines(args, channels):
-            label = chosen.get(f"{line}/{channels}")
-            recipe = RECIPES[label] if label else {}  # dbsn train's defaults
+            label = chosen_recipe(chosen, line, channels)
+            recipe = RECIPES[label.removesuffix(" (gray)")] if label else {}  # dbsn train's defaults
             # the scratch lines keep their folders of before: <set>/<backbone>/<minutes>min
             folder_of = args.out / name / (line.replace(" ", "-") if extra else backbone)
             for minutes in ([0.0] if extra else []) + args.minutes:
@@ -206,14 +221,14 @@ def main() -> int:
         mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
         print(f"\n{name}, {args.noise}, self-supervised on its {len(rows[0][3]['images'])} noisy images, "
               f"{machine()}")
-        print(f"{'backbone':<19}{'recipe':<22}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}"
+        print(f"{'backbone':<19}{'recipe':<28}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}"
               f"{'std_est':>9}{f'x_hat {len(bm3d)}':>10}")
         for backbone, label, minutes, r in rows:
             first = mean([im["psnr"] for im in r["images"] if im["image"] in names])
-            print(f"{backbone:<19}{label:<22}{minutes:>5g}{r['steps']:>7}{r['d-bsn_steps']:>7}{r['steps_per_s']:>9.2f}"
+            print(f"{backbone:<19}{label:<28}{minutes:>5g}{r['steps']:>7}{r['d-bsn_steps']:>7}{r['steps_per_s']:>9.2f}"
                   f"{r['psnr_mu']:>8.2f}{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}{first:>10.2f}")
         if bm3d:
-            print(f"{'BM3D' if channels == 1 else 'CBM3D':<19}{'':<22}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>9}"
+            print(f"{'BM3D' if channels == 1 else 'CBM3D':<19}{'':<28}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>9}"
                   f"{mean([b['psnr'] for b in bm3d]):>10.2f}"
                   f"   ({sorted(b['seconds'] for b in bm3d)[len(bm3d) // 2]:.1f} s/image)")
         print("curve (fused PSNR against minutes):")
