@@ -12,7 +12,7 @@ import dbsn
 from dbsn.cli import main
 from dbsn.denoiser import Denoiser
 from dbsn.nn.shuffle import pd_down, pd_up
-from dbsn.noise.diagnosis import diagnose, recommend
+from dbsn.noise.diagnosis import Diagnosis, diagnose, recommend
 
 from .conftest import smooth_image
 
@@ -146,6 +146,17 @@ def test_diagnosis_finds_signal_dependent_noise():
     d = diagnose(_noisy(np.random.default_rng(1), channels=3, noise="hg"))
     assert d.signal_dependent and d.signal_ratio > 2 and not d.correlated
     assert recommend(d).noise_model == "hg"
+
+
+def test_signal_ratio_stays_within_the_levels_measured_when_the_fit_reaches_zero():
+    # pure photon noise: the fitted variance a x + b is 0 at the darkest bin
+    x = [0.0, 0.25, 1.0]
+    a, b = 0.01, 0.0
+    measured = [max(255 * (a * t + b) ** 0.5, 2.0) for t in x]  # the darkest bin still shows some noise
+    d = Diagnosis(images=1, blocks=10, rho=[[1, 0], [0, 0]], correlation_length=1, std=10.0,
+                  bin_intensity=x, bin_std=measured, fit=(a, b))
+    assert d.signal_dependent
+    assert d.signal_ratio == pytest.approx(measured[-1] / measured[0], rel=1e-6)
 
 
 def test_diagnosis_finds_correlated_noise_and_asks_for_pixel_shuffle():

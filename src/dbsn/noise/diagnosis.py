@@ -78,7 +78,10 @@ class Diagnosis:
         if len(self.bin_intensity) < 2:
             return 1.0
         a, b = self.fit
-        lo, hi = (max(a * x + b, 1e-12) for x in (self.bin_intensity[0], self.bin_intensity[-1]))
+        # the line may reach 0 at the darkest bin (photon noise with no read noise): floor it at the
+        # lowest variance measured, so the ratio stays a ratio of noise levels seen in the images
+        floor = max((min(self.bin_std) / 255) ** 2, 1e-12)
+        lo, hi = (max(a * x + b, floor) for x in (self.bin_intensity[0], self.bin_intensity[-1]))
         return math.sqrt(hi / lo)
 
     @property
