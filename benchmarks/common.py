@@ -108,6 +108,12 @@ def bm3d_denoise(y, std: float):
     return torch.from_numpy(out.copy()).float().clamp(0, 1)
 
 
+def bm3d_true_std(y, x):
+    """BM3D/CBM3D of a noisy ``(C, H, W)`` tensor told its true noise std, ``std(y - x)`` against the
+    clean ``x``: an upper bound of what it can do, since no user has that std."""
+    return bm3d_denoise(y, float((y - x).std(correction=0)))
+
+
 def bm3d_rows(clean: Path, noise: str, channels: int, n: int) -> list[dict]:
     """BM3D (CBM3D) PSNR and seconds on the first ``n`` images of ``clean`` with the protocol's seed-0 noise."""
     import torch

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 
-from common import DATASETS, bm3d_denoise, dataset, machine, require_bm3d, run
+from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, run
 
 GROUPS = {1: "gray", 3: "rgb"}
 
@@ -91,7 +91,7 @@ def bm3d_outputs(inputs: Path, folder: Path, names: list[str], out: Path) -> Non
         y = read_image(inputs / f"{name}.tif")[0]
         x = read_image(clean[name], channels=y.shape[0])[0]
         out.mkdir(parents=True, exist_ok=True)
-        write_image(target, bm3d_denoise(torch.from_numpy(y), float((y - x).std())).numpy(), bits=16)
+        write_image(target, bm3d_true_std(torch.from_numpy(y), torch.from_numpy(x)).numpy(), bits=16)
 
 
 def dbsn_line(inputs: Path, run_dir: Path, names: list[str], args, extra: list[str]) -> tuple[dict, int]:

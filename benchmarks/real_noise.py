@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATASETS, bm3d_denoise, dataset, machine, require_bm3d, run
+from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, run
 
 SETS = ("sidd_samples12", "polyu", "cc15")
 BUNDLED = ("color", "color-hg")
@@ -77,9 +77,8 @@ def score(out: Path, label: str, pairs_: list, denoise) -> dict:
 def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     import torch
 
-    yf, xf = y.astype(np.float32) / 255, x.astype(np.float32) / 255
-    std = float((yf - xf).std())  # the true std, told to CBM3D: an upper bound of what it can do
-    out = bm3d_denoise(torch.from_numpy(np.moveaxis(yf, -1, 0)), std).numpy()
+    yf, xf = (torch.from_numpy(np.moveaxis(a.astype(np.float32) / 255, -1, 0)) for a in (y, x))
+    out = bm3d_true_std(yf, xf).numpy()
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
