@@ -1,6 +1,7 @@
 """`dbsn bundle`: a trained run packaged like the bundled models, served by name, never over a file."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -67,3 +68,25 @@ def test_storage_is_the_smallest_within_the_tolerance(run, tmp_path):
     assert fixed.storage == "fp32" and fixed.psnr_fp32 is None
     assert not same_weights(tmp_path / "b.safetensors", tmp_path / "missing.safetensors")
     assert np.isfinite(choice.psnr_fp32)
+
+
+def test_a_bundled_student_names_the_noise_its_teacher_learned(run, tmp_path):
+    """A student's run names no noise of its own: its entry takes its teacher's, so that the student is
+    scored and chosen for that noise (paper_tables, --model by noise) instead of for none."""
+    from dbsn.train.distill import DistillOptions, distill
+
+    root, trained = run
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    shutil.copytree(trained, teacher)  # its run.json is changed below
+    distill(DistillOptions(teacher=str(teacher / "model.safetensors"), noisy=str(root / "noisy"),
+                           clean=[str(root / "check")], student="unet_small", student_kwargs={"widths": [8, 16, 32]},
+                           steps=2, batch_size=2, patch_size=32, val_every=1000), str(student), progress_bar=False)
+    assert main(["-q", "bundle", str(student), "-o", str(tmp_path / "m"), "--name", "s"]) == 0
+    entry = json.loads((tmp_path / "m" / "index.json").read_text())["models"]["s"]
+    assert entry["stage"] == "student" and entry["noise"] == "real noise"  # the teacher learned from --noisy
+    # a teacher trained on synthetic noise gives that noise
+    summary = json.loads((teacher / "run.json").read_text())
+    summary["options"] = {**summary["options"], "noise": "awgn:5-50"}
+    (teacher / "run.json").write_text(json.dumps(summary))
+    assert main(["-q", "bundle", str(student), "-o", str(tmp_path / "m"), "--name", "s", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "m" / "index.json").read_text())["models"]["s"]["noise"] == "awgn:5-50"

@@ -142,6 +142,23 @@ def run_command(options: dict, command: str, run_dir: Path) -> str:
     return shlex.join(words + ["-o", str(run_dir)])
 
 
+def _teacher_noise(options: dict, folder: Path) -> str:
+    """The noise a student's teacher was trained on (a student's own run does not name one): the bundled
+    teacher's entry, or the ``run.json`` beside the teacher's weights; "" when neither says."""
+    teacher = str(options.get("teacher") or "")
+    if not teacher:
+        return ""
+    bundled = bundled_models(folder).get(teacher)
+    if bundled is not None:
+        return bundled.noise
+    summary = Path(teacher).parent / "run.json"
+    try:
+        teacher_options = json.loads(summary.read_text()).get("options", {})
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return teacher_options.get("noise") or ("real noise" if teacher_options.get("noisy") else "")
+
+
 def bundle_run(run_dir: str | os.PathLike, folder: str | os.PathLike, name: str, description: str = "",
                check: str | os.PathLike | None = None, noise: str | None = None, storage: str = "auto",
                default: bool = False, overwrite: bool = False) -> dict:
@@ -168,7 +185,7 @@ def bundle_run(run_dir: str | os.PathLike, folder: str | os.PathLike, name: str,
     folder.mkdir(parents=True, exist_ok=True)
     choice = choose_storage(weights, out, check, noise, storage)
     command = "train" if kind == "blind-spot" else "distill"
-    trained_noise = options.get("noise") or ("real noise" if kind == "blind-spot" else "")
+    trained_noise = options.get("noise") or ("real noise" if kind == "blind-spot" else _teacher_noise(options, folder))
     last = summary.get("last_validation", {})
     check_text = ("" if choice.psnr_fp32 is None else
                   f" On the check images {check} at `{noise}`: PSNR {choice.psnr_fp32:.3f} dB with the fp32 weights, "
