@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATASETS, bm3d_rows, dataset, machine, run
+from common import DATASETS, bm3d_rows, dataset, machine, run, train
 
 BACKBONES = ("dbsn_small", "bsn_unet")
 CHANNELS = {"bsd68": 1, "cbsd68": 3}
@@ -121,11 +121,10 @@ def cell(out: Path, clean: Path, channels: int, noise: str, backbone: str, recip
     run_dir = out / "run"
     weights = extra[extra.index("--init") + 1] if untrained else str(run_dir / "model.safetensors")
     if not result_path.exists():
-        if not untrained and not (run_dir / "model.safetensors").exists():
-            resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-            run(["dbsn", "-q", "train", "--clean", str(clean), "--channels", str(channels), "--noise", noise,
-                 "--fixed-noise", "--model", backbone, "--minutes", f"{minutes:g}", *recipe_args(recipe),
-                 "--val-fraction", "0", "--val-every", "250", *extra, *resume, "-o", str(run_dir)])
+        if not untrained:
+            train(["dbsn", "-q", "train", "--clean", str(clean), "--channels", str(channels), "--noise", noise,
+                   "--fixed-noise", "--model", backbone, "--minutes", f"{minutes:g}", *recipe_args(recipe),
+                   "--val-fraction", "0", "--val-every", "250", *extra], run_dir)
         out.mkdir(parents=True, exist_ok=True)
         run(["dbsn", "-q", "evaluate", "--model", weights, "--clean", str(clean),
              "--channels", str(channels), "--noise", noise, "--json", str(result_path)])

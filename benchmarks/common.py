@@ -22,6 +22,16 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def train(cmd: list[str], run_dir: Path) -> Path:
+    """Run the training command ``cmd`` into ``run_dir`` unless its weights are there, with ``--resume`` where
+    a stopped run left its checkpoint; the weights."""
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+        run([*cmd, *resume, "-o", str(run_dir)])
+    return weights
+
+
 def dataset(datasets: Path, name: str) -> Path | None:
     """``datasets / name``, or None (with a message) when it is not there."""
     folder = datasets / name
@@ -66,6 +76,32 @@ def photo_shape(megapixels: float) -> tuple[int, int]:
     """Height and width (3:2, multiples of 8) of an image of about ``megapixels``."""
     h = round((megapixels * 1e6 / 1.5) ** 0.5 / 8) * 8
     return h, round(h * 1.5 / 8) * 8
+
+
+def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, seed: int, mode: str) -> None:
+    """``folder/noisy`` and ``folder/clean``: ``images`` images drawn from ``source`` (rng ``seed``) as ``mode``
+    ("L" or "RGB"), with white Gaussian noise filtered along both axes by ``kernel`` and scaled to std
+    ``std`` (0-255 units); nothing is written when ``folder`` already holds them."""
+    import numpy as np
+    from PIL import Image
+
+    from dbsn.data import list_images
+
+    if len(list(folder.glob("clean/*.png"))) == images:
+        return
+    names = list_images(source)
+    pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
+    rng = np.random.default_rng(seed)
+    for sub in ("noisy", "clean"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in pick:
+        x = np.asarray(Image.open(names[i]).convert(mode), np.float64)
+        z = rng.standard_normal(x.shape)
+        z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 0, z)
+        z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, z)
+        y = np.clip(np.round(x + z * std / z.std()), 0, 255).astype(np.uint8)
+        Image.fromarray(y).save(folder / "noisy" / f"{names[i].stem}.png")
+        Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
 
 
 def machine() -> str:

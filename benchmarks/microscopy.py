@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 
-from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, run
+from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, run, train
 
 GROUPS = {1: "gray", 3: "rgb"}
 
@@ -96,10 +96,8 @@ def bm3d_outputs(inputs: Path, folder: Path, names: list[str], out: Path) -> Non
 
 def dbsn_line(inputs: Path, run_dir: Path, names: list[str], args, extra: list[str]) -> tuple[dict, int]:
     """The user's path on ``inputs``: train (resumed where a checkpoint is left), then denoise; its config and steps."""
-    if not (run_dir / "model.safetensors").exists():
-        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-        run(["dbsn", "-q", "train", "--noisy", str(inputs), "--minutes", f"{args.minutes:g}",
-             "--seed", str(args.seed), *extra, *resume, "-o", str(run_dir)])
+    train(["dbsn", "-q", "train", "--noisy", str(inputs), "--minutes", f"{args.minutes:g}", "--seed", str(args.seed),
+           *extra], run_dir)
     if not all((run_dir / "out" / f"{n}.tif").exists() for n in names):
         run(["dbsn", "-q", "denoise", str(inputs), "--model", str(run_dir / "model.safetensors"),
              "--overwrite", "-o", str(run_dir / "out")])

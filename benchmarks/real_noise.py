@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, run
+from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, train
 
 SETS = ("sidd_samples12", "polyu", "cc15")
 BUNDLED = ("color", "color-hg")
@@ -152,11 +152,9 @@ def main() -> int:
             trained["--pd-stride 1"] = ["--pd-stride", "1"]
         for label, extra in trained.items():
             run_dir = out / ("run" if not extra else "run_" + "_".join(e.strip("-") for e in extra))
-            if not (run_dir / "model.safetensors").exists():
-                resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-                model = ["--model", args.model] if args.model else []
-                run(["dbsn", "-q", "train", "--noisy", str(folder / "noisy"), "--minutes", f"{args.minutes:g}",
-                     *model, *extra, *resume, "-o", str(run_dir)])
+            model = ["--model", args.model] if args.model else []
+            train(["dbsn", "-q", "train", "--noisy", str(folder / "noisy"), "--minutes", f"{args.minutes:g}",
+                   *model, *extra], run_dir)
             summary = json.loads((run_dir / "run.json").read_text())
             config = summary["model"]
             label = f"{label} ({config['noise_model']}, pd {config.get('pd_stride', 1)}, {summary['steps']} steps)"

@@ -24,32 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATASETS, dataset, machine, run
+from common import DATASETS, correlated_set, dataset, machine, train
 
 IMAGES, SEED = 16, 7
-
-
-def make_set(source: Path, folder: Path, std: float) -> None:
-    from PIL import Image
-
-    from dbsn.data import list_images
-
-    if (folder / "clean").is_dir() and len(list(folder.glob("noisy/*.png"))) == IMAGES:
-        return
-    names = list_images(source)
-    pick = sorted(np.random.default_rng(SEED).choice(len(names), IMAGES, replace=False))
-    rng = np.random.default_rng(SEED)
-    k = np.array([1.0, 2.0, 1.0]) / 4
-    for sub in ("noisy", "clean"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i in pick:
-        x = np.asarray(Image.open(names[i]).convert("RGB"), np.float64)
-        z = rng.standard_normal(x.shape)
-        z = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 0, z)
-        z = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, z)
-        y = np.clip(np.round(x + z * std / z.std()), 0, 255).astype(np.uint8)
-        Image.fromarray(y).save(folder / "noisy" / f"{names[i].stem}.png")
-        Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
 
 
 def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[float]]:
@@ -108,12 +85,9 @@ def main() -> int:
     print(machine())
     for std in args.std:
         folder = args.out / f"std{std:g}"
-        make_set(source, folder, std)
+        correlated_set(source, folder, np.array([1.0, 2.0, 1.0]) / 4, std, IMAGES, SEED, "RGB")
         run_dir = folder / "run"
-        if not (run_dir / "model.safetensors").exists():
-            resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-            run(["dbsn", "-q", "train", "--noisy", str(folder / "noisy"), "--minutes", f"{args.minutes:g}",
-                 *resume, "-o", str(run_dir)])
+        train(["dbsn", "-q", "train", "--noisy", str(folder / "noisy"), "--minutes", f"{args.minutes:g}"], run_dir)
         rows = variants(run_dir / "model.safetensors", folder, std)
         print(f"\ncorrelated noise of std {std:g}, {IMAGES} bsd432 images: gain over the noisy input (dB)")
         print(f"{'fusion':<32}{'median':>8}{'min':>8}{'max':>8}")

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATASETS, bm3d_rows, machine, require_bm3d, run
+from common import DATASETS, bm3d_rows, machine, require_bm3d, run, train
 
 TRAIN_SETS = ("train400", "bsd432", "div2k_val_crop256", "sun_hays80")
 VAL_SETS = ("bsd432", "div2k_val_crop256")
@@ -98,11 +98,9 @@ def options_of(candidate: dict) -> list[str]:
 
 def train_candidate(out: Path, clean: Path, noisy: Path, candidate: dict, minutes: float, every: float) -> Path:
     run_dir = out / "run"
-    if not (run_dir / "model.safetensors").exists():
-        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-        run(["dbsn", "-q", "distill", "--teacher", TEACHER, "--noisy", str(noisy), "--clean", str(clean),
-             "--synthetic-levels", "noisy", "--minutes", f"{minutes:g}", "--snapshot-minutes", f"{every:g}",
-             "--val-every", "1000", *options_of(candidate), *resume, "-o", str(run_dir)])
+    train(["dbsn", "-q", "distill", "--teacher", TEACHER, "--noisy", str(noisy), "--clean", str(clean),
+           "--synthetic-levels", "noisy", "--minutes", f"{minutes:g}", "--snapshot-minutes", f"{every:g}",
+           "--val-every", "1000", *options_of(candidate)], run_dir)
     return run_dir
 
 
