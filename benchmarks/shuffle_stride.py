@@ -11,7 +11,7 @@ filtered along both axes by a kernel, scaled to std ``--std`` (0-255 units):
 
 - ``[a, 1, a]`` with ``a`` chosen for a correlation ``rho`` at lag 1 of 0.15, 0.35 and 0.65, nothing
   beyond (correlation length 2);
-- ``[1, 2, 1] / 4``: 0.67 at lag 1, 0.17 at lag 2 (length 3).
+- ``[1 2 1]/4``: 0.67 at lag 1, 0.17 at lag 2 (length 3).
 
 For each noise and each training stride, ``dbsn train --noisy`` for ``--minutes`` with that
 ``--pd-stride`` and defaults otherwise; then inference strides 1, 2 and the training stride, and the
@@ -50,7 +50,7 @@ NOISES = {  # name: the separable kernel
     "rho 0.15": kernel_for(0.15),
     "rho 0.35": kernel_for(0.35),
     "rho 0.65": kernel_for(0.65),
-    "[1,2,1]": np.array([1.0, 2.0, 1.0]) / 4,
+    "[1 2 1]/4": np.array([1.0, 2.0, 1.0]) / 4,
 }
 
 
@@ -112,7 +112,7 @@ def main() -> int:
     print(machine())
     summary = {}
     for name in args.noises:
-        folder = args.out / name.replace(" ", "").replace(",", "-").strip("[]")
+        folder = args.out / "".join(c for c in name if c.isalnum() or c == ".")
         correlated_set(source, folder, NOISES[name], args.std, IMAGES, SEED, "L")
         print(f"\n{name}, std {args.std:g}, {IMAGES} gray bsd432 images; {diagnosed(folder)}")
         print(f"{'train stride':<14}{'inference':<20}{'median gain':>12}{'worst':>8}{'best':>8}")
