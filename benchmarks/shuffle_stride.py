@@ -83,17 +83,15 @@ def cells(weights: Path, folder: Path, train_stride: int) -> dict[str, list[floa
     infer = sorted({s for s in (1, 2) if s <= train_stride} | {train_stride})
     default = min(2, train_stride)
     settings = [(s, 0) for s in infer] + ([(default, 8)] if train_stride > 1 else [])
+    pairs = [(load(noisy), load(folder / "clean" / noisy.name)) for noisy in sorted((folder / "noisy").glob("*.png"))]
+    model = load_model(str(weights))
     rows: dict[str, list[float]] = {}
     for s, refine in settings:
-        model = load_model(str(weights))
-        if train_stride > 1:
+        if train_stride > 1:  # the inference stride is read at each call
             model.bsn.stride_infer = s
         denoiser = Denoiser(model, device="cpu", precision="fp32", refine=refine)
         label = f"infer {s}" + (f", refine {refine}" if refine else "")
-        for noisy in sorted((folder / "noisy").glob("*.png")):
-            y, x = load(noisy), load(folder / "clean" / noisy.name)
-            x_hat = denoiser.denoise(y[0])
-            rows.setdefault(label, []).append(score(x_hat[None], x) - score(y, x))
+        rows[label] = [score(denoiser.denoise(y[0])[None], x) - score(y, x) for y, x in pairs]
     return rows
 
 

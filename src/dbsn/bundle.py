@@ -22,7 +22,7 @@ from .data.io import atomic_path
 from .denoiser import load
 from .evaluation import evaluate
 from .hub import load_model, read_checkpoint, save_weights
-from .hub.bundled import INDEX, bundled_models
+from .hub.bundled import INDEX, BundledModel, bundled_models
 from .nn.registry import STAGE_OF_KIND, model_kind
 
 log = logging.getLogger("dbsn")
@@ -142,15 +142,14 @@ def run_command(options: dict, command: str, run_dir: Path) -> str:
     return shlex.join(words + ["-o", str(run_dir)])
 
 
-def _teacher_noise(options: dict, folder: Path) -> str:
-    """The noise a student's teacher was trained on (a student's own run does not name one): the bundled
-    teacher's entry, or the ``run.json`` beside the teacher's weights; "" when neither says."""
-    teacher = str(options.get("teacher") or "")
-    if not teacher:
-        return ""
-    bundled = bundled_models(folder).get(teacher)
+def _teacher_noise(teacher: str, bundled: BundledModel | None) -> str:
+    """The noise a student's teacher was trained on (a student's own run does not name one): the entry of
+    ``bundled``, the teacher bundled beside it, or the ``run.json`` beside the weights ``teacher``; "" when
+    neither says."""
     if bundled is not None:
         return bundled.noise
+    if not teacher:
+        return ""
     summary = Path(teacher).parent / "run.json"
     try:
         teacher_options = json.loads(summary.read_text()).get("options", {})
@@ -185,7 +184,10 @@ def bundle_run(run_dir: str | os.PathLike, folder: str | os.PathLike, name: str,
     folder.mkdir(parents=True, exist_ok=True)
     choice = choose_storage(weights, out, check, noise, storage)
     command = "train" if kind == "blind-spot" else "distill"
-    trained_noise = options.get("noise") or ("real noise" if kind == "blind-spot" else _teacher_noise(options, folder))
+    teacher = str(options.get("teacher") or "")
+    bundled_teacher = bundled_models(folder).get(teacher) if kind == "student" else None  # the stage-1 model, by name
+    trained_noise = options.get("noise") or ("real noise" if kind == "blind-spot"
+                                             else _teacher_noise(teacher, bundled_teacher))
     last = summary.get("last_validation", {})
     check_text = ("" if choice.psnr_fp32 is None else
                   f" On the check images {check} at `{noise}`: PSNR {choice.psnr_fp32:.3f} dB with the fp32 weights, "
@@ -209,8 +211,7 @@ def bundle_run(run_dir: str | os.PathLike, folder: str | os.PathLike, name: str,
         tmp.write_text(card)
     entry = {"file": out.name, "card": card_path.name, "channels": channels, "stage": stage, "noise": trained_noise,
              "description": description}
-    teacher = str(options.get("teacher") or "")
-    if kind == "student" and teacher in bundled_models(folder):  # the stage-1 model behind it, by name
+    if bundled_teacher is not None:
         entry["teacher"] = teacher
     index = update_index(folder, name, entry, default_for=channels if default else None)
     log.info("bundled %s as %s (%s) in %s", run_dir, name, choice.storage, folder)
