@@ -78,10 +78,13 @@ def photo_shape(megapixels: float) -> tuple[int, int]:
     return h, round(h * 1.5 / 8) * 8
 
 
-def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, seed: int, mode: str) -> None:
+def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, seed: int, mode: str,
+                   gains=None) -> None:
     """``folder/noisy`` and ``folder/clean``: ``images`` images drawn from ``source`` (rng ``seed``) as ``mode``
     ("L" or "RGB"), with white Gaussian noise filtered along both axes by ``kernel`` and scaled to std
-    ``std`` (0-255 units); nothing is written when ``folder`` already holds them."""
+    ``std`` (0-255 units); nothing is written when ``folder`` already holds them. ``gains`` (RGB): the
+    channels' noise std relative to one another, as a camera's white balance scales them, normalised to a
+    root mean square of 1 so that ``std`` stays the noise's mean level."""
     import numpy as np
     from PIL import Image
 
@@ -92,6 +95,7 @@ def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, 
     names = list_images(source)
     pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
     rng = np.random.default_rng(seed)
+    scale = 1.0 if gains is None else np.asarray(gains, np.float64) / np.sqrt(np.mean(np.square(gains)))
     for sub in ("noisy", "clean"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for i in pick:
@@ -99,7 +103,7 @@ def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, 
         z = rng.standard_normal(x.shape)
         z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 0, z)
         z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, z)
-        y = np.clip(np.round(x + z * std / z.std()), 0, 255).astype(np.uint8)
+        y = np.clip(np.round(x + z * scale * std / z.std()), 0, 255).astype(np.uint8)
         Image.fromarray(y).save(folder / "noisy" / f"{names[i].stem}.png")
         Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
 

@@ -16,7 +16,11 @@ the estimates are upper bounds on images with little flat area.
 - **Signal dependence**: the noise variance of each intensity bin, fitted by ``var = a x + b``
   (Poisson-Gaussian); the noise is called signal-dependent when the fitted std at the brightest bin
   is more than ``SIGNAL_DEPENDENT`` times the one at the darkest, or less than its inverse.
-- **Level**: the median std over the bins, in 0-255 units.
+- **Level**: the median std over the bins, in 0-255 units; and each channel's own, read the same way from
+  its blocks alone. Cameras amplify the colour channels by different gains (the blue one of a phone
+  photograph is often twice as noisy as the green), and the flattest blocks of all channels pooled
+  come from the quietest channel: the pooled level is the quietest channel's, not the image's.
+  :func:`noise_level` gives the root mean square of the channel levels, the noise's mean variance.
 
 A blind-spot network assumes noise independent from pixel to pixel: where the diagnosis finds a
 correlation length ``L > 1``, the network must not see neighbours closer than ``L``, which a
@@ -62,11 +66,17 @@ class Diagnosis:
     bin_intensity: list[float] = field(default_factory=list)  # the bins' mean intensity, in [0, 1]
     bin_std: list[float] = field(default_factory=list)  # the noise std measured in each bin
     fit: tuple[float, float] = (0.0, 0.0)  # var = a x + b, in [0, 1] units: (a, b)
+    channel_std: list[float] = field(default_factory=list)  # each channel's level, read from its blocks alone
 
     @property
     def rho1(self) -> float:
         """The mean correlation of horizontal and vertical neighbours."""
         return 0.5 * (self.rho[0][1] + self.rho[1][0])
+
+    @property
+    def mean_std(self) -> float:
+        """The root mean square of the channel levels: the std of the noise's mean variance over the channels."""
+        return math.sqrt(sum(s * s for s in self.channel_std) / len(self.channel_std)) if self.channel_std else self.std
 
     @property
     def correlated(self) -> bool:
@@ -91,7 +101,7 @@ class Diagnosis:
         return not 1 / SIGNAL_DEPENDENT <= self.signal_ratio <= SIGNAL_DEPENDENT
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "rho1": self.rho1, "correlated": self.correlated,
+        return {**asdict(self), "rho1": self.rho1, "mean_std": self.mean_std, "correlated": self.correlated,
                 "signal_ratio": self.signal_ratio, "signal_dependent": self.signal_dependent}
 
 
@@ -153,9 +163,24 @@ def _long_lag_correlation(residuals: np.ndarray) -> np.ndarray:
 _WHITE_RHO = _white_rho()
 
 
+def _flat_bins(mean: np.ndarray, var: np.ndarray, textured: np.ndarray) -> tuple[np.ndarray, list, list]:
+    """The flattest blocks per intensity bin: their indices, and each bin's mean intensity and noise variance
+    (the median of its picked blocks' variances over ``FLAT_BIAS``)."""
+    order = np.argsort(mean, kind="stable")
+    picked, bin_x, bin_var = [], [], []
+    for part in np.array_split(order, min(BINS, len(order))):
+        smooth = part[~textured[part]]
+        part = smooth if len(smooth) >= max(4, len(part) // 8) else part
+        keep = part[np.argsort(var[part], kind="stable")[: max(1, int(len(part) * FLAT_SHARE))]]
+        picked.append(keep)
+        bin_x.append(float(mean[keep].mean()))
+        bin_var.append(float(np.median(var[keep])) / FLAT_BIAS)
+    return np.concatenate(picked), bin_x, bin_var
+
+
 def diagnose(images) -> Diagnosis:
     """Diagnose the noise of ``images``, arrays ``(C, H, W)`` in [0, 1] (at least one block each)."""
-    means, variances, residuals = [], [], []
+    means, variances, residuals, channels = [], [], [], []
     count = 0
     for image in images:
         image = np.asarray(image, dtype=np.float32)
@@ -170,22 +195,19 @@ def diagnose(images) -> Diagnosis:
         means.append(blocks.mean(axis=(2, 3)).reshape(-1))  # per block and channel
         variances.append(((res**2).sum(axis=(2, 3)) / dof).reshape(-1))
         residuals.append(res.reshape(-1, BLOCK, BLOCK).astype(np.float32))
+        channels.append(np.tile(np.arange(image.shape[0]), len(blocks)))
     if not residuals:
         raise ValueError(f"no image holds a {BLOCK} x {BLOCK} block; the noise cannot be read from smaller images")
     mean, var, res = np.concatenate(means), np.concatenate(variances), np.concatenate(residuals)
+    channel = np.concatenate(channels)
 
     # texture, unlike the noise, is still correlated at long lags: blocks whose residual is, are not flat
     textured = _long_lag_correlation(res) >= CORRELATED
-    order = np.argsort(mean, kind="stable")
-    picked, bin_x, bin_var = [], [], []
-    for part in np.array_split(order, min(BINS, len(order))):
-        smooth = part[~textured[part]]
-        part = smooth if len(smooth) >= max(4, len(part) // 8) else part
-        keep = part[np.argsort(var[part], kind="stable")[: max(1, int(len(part) * FLAT_SHARE))]]
-        picked.append(keep)
-        bin_x.append(float(mean[keep].mean()))
-        bin_var.append(float(np.median(var[keep])) / FLAT_BIAS)
-    picked = np.concatenate(picked)
+    picked, bin_x, bin_var = _flat_bins(mean, var, textured)
+    channel_std = []
+    for c in np.unique(channel):
+        own = channel == c
+        channel_std.append(round(float(255 * np.sqrt(np.median(_flat_bins(mean[own], var[own], textured[own])[2]))), 3))
 
     sums = _lag_sums(res[picked])
     # less what removing the surfaces alone gives white noise (a small negative correlation at every lag)
@@ -206,6 +228,7 @@ def diagnose(images) -> Diagnosis:
         images=count, blocks=len(picked), rho=rho.round(4).tolist(), correlation_length=length,
         std=float(255 * np.sqrt(np.median(v))), bin_intensity=[round(t, 4) for t in bin_x],
         bin_std=[round(float(255 * np.sqrt(t)), 3) for t in bin_var], fit=(float(a), float(b)),
+        channel_std=channel_std,
     )
 
 
@@ -213,9 +236,10 @@ LEVEL_PIXELS = 1 << 22  # the central crop noise_level reads (per channel): enou
 
 
 def noise_level(image: np.ndarray) -> float | None:
-    """The noise std of one image ``(C, H, W)`` in [0, 1], in [0, 1] units, read as :func:`diagnose` reads it
-    (its flattest blocks; an upper bound on an image with little flat area), from a central crop of at
-    most ``LEVEL_PIXELS`` pixels; None where the image holds fewer than ``FEW_BLOCKS`` blocks."""
+    """The noise std of one image ``(C, H, W)`` in [0, 1], in [0, 1] units: the root mean square of its channels'
+    levels (:attr:`Diagnosis.mean_std`), each read as :func:`diagnose` reads it (the channel's flattest blocks;
+    an upper bound on an image with little flat area), from a central crop of at most ``LEVEL_PIXELS``
+    pixels; None where the image holds fewer than ``FEW_BLOCKS`` blocks."""
     c, h, w = image.shape
     side = int(math.isqrt(LEVEL_PIXELS))
     ch, cw = min(h, max(side, LEVEL_PIXELS // max(w, 1))), min(w, max(side, LEVEL_PIXELS // max(h, 1)))
@@ -223,7 +247,7 @@ def noise_level(image: np.ndarray) -> float | None:
     crop = image[:, top:top + ch, left:left + cw]
     if (ch // BLOCK) * (cw // BLOCK) < FEW_BLOCKS:
         return None
-    return diagnose([crop]).std / 255
+    return diagnose([crop]).mean_std / 255
 
 
 @dataclass
@@ -270,6 +294,7 @@ def describe(d: Diagnosis) -> str:
     return "\n".join([
         f"{d.images} images, {d.blocks} flat {BLOCK}x{BLOCK} blocks{few}",
         f"noise std {d.std:.2f} (0-255); per intensity bin (intensity:std) {bins}",
+        f"per channel: std {', '.join(f'{s:.2f}' for s in d.channel_std)}",
         f"signal dependence: std x{d.signal_ratio:.2f} darkest to brightest -> "
         f"{'signal-dependent' if d.signal_dependent else 'flat'}",
         f"horizontal correlation at lags 1..{MAX_LAG}: {lags}",
