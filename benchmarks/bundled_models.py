@@ -205,16 +205,9 @@ def train(name: str, datasets: Path, stage1_only: bool = False) -> None:
         run(cmd + ["--resume"] if (out / "checkpoint.pt").is_file() else cmd)
 
 
-def _psnr(model_path: Path, clean: Path, noise: str) -> float:
-    import dbsn
-    from dbsn.evaluation import evaluate
-
-    return evaluate(dbsn.load(model_path, device="cpu", precision="fp32"), clean, noise)["psnr"]
-
-
 def bundle(name: str, datasets: Path, check_images: int) -> None:
     """Copy a finished recipe's weights into the package, with their cards, in the smallest storage
-    (STORAGES) whose PSNR on the check images is within 0.01 dB of the trained fp32 weights.
+    (``dbsn.bundle.choose_storage``) that costs at most 0.01 dB against the trained fp32 weights on the check images.
 
     A model whose tensors are already bundled keeps its file and the measured rows of its card
     (``paper_tables.py --cards``); a changed model drops them, as they no longer describe it.
@@ -222,7 +215,9 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
     """
     import tempfile
 
-    from dbsn.bundle import STORAGES, save_in_storage, same_weights
+    from dataclasses import astuple
+
+    from dbsn.bundle import choose_storage, same_weights
     from dbsn.data.io import atomic_path
 
     channels, noise, _, _, description = RECIPES[name]
@@ -241,12 +236,7 @@ def bundle(name: str, datasets: Path, check_images: int) -> None:
             continue
         with tempfile.TemporaryDirectory(prefix="dbsn-bundle-") as scratch:
             candidate = Path(scratch) / dst.name
-            fp32 = _psnr(src, clean, check_noise)
-            for storage in STORAGES:
-                save_in_storage(src, candidate, storage)
-                stored = fp32 if storage == "fp32" else _psnr(candidate, clean, check_noise)
-                if abs(fp32 - stored) <= 0.01:
-                    break
+            storage, fp32, stored = astuple(choose_storage(src, candidate, clean, check_noise))
             unchanged = same_weights(candidate, dst)
             if not unchanged:
                 with atomic_path(dst) as tmp:
@@ -383,7 +373,7 @@ With this package's own commands only (`python benchmarks/bundled_models.py trai
 
 ## Storage
 {storage_text} On the first {n} {TEST_SET[channels]} images at `{check_noise}`: PSNR {fp32:.3f} dB
-with the fp32 weights, {stored:.3f} dB as stored (the smallest of int8, fp16 and fp32 whose change is at most
+with the fp32 weights, {stored:.3f} dB as stored (the smallest of int8, fp16 and fp32 that costs at most
 0.01 dB is kept).
 
 ## Results

@@ -6,10 +6,15 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
 
 - the noisy input itself;
 - the bundled ``color`` (AWGN) and ``color-hg`` models, trained on clean images;
+- the bundled ``color-real-stage1``, trained by ``dbsn train --noisy`` on the noisy images of all three
+  sets together (the user's case with more photographs; their clean images never used);
 - the user's path: ``dbsn train --noisy SET/noisy --minutes M`` with no other option (the noise
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
   (as ``dbsn denoise`` does: its defaults, random-replacing refinement included);
 - with ``--ablate``: the same training with ``--pd-stride 1`` (the plain blind spot);
+- with ``--ablate-level``: the user's path's own weights, fused at the noise level of the flattest blocks
+  of all channels pooled (what ``dbsn.noise.diagnosis.noise_level`` read before 2026-12-07: the
+  quietest channel's level) instead of the root mean square of the channels' levels;
 - CBM3D told each image's true noise std (``std(noisy - clean)``), on the first ``--bm3d`` images,
   with every method's mean on those images beside it.
 
@@ -26,6 +31,7 @@ The budget is wall-clock minutes of ``dbsn train`` (the whole machine): run noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -37,7 +43,7 @@ import numpy as np
 from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, train
 
 SETS = ("sidd_samples12", "polyu", "cc15")
-BUNDLED = ("color", "color-hg")
+BUNDLED = ("color", "color-hg", "color-real-stage1")
 # self-supervised, trained on the noisy images, SIDD validation / benchmark (PSNR, dB): a bound, not a measure
 PUBLISHED = "AP-BSN 35.76 / 35.97, AT-BSN 37.88 (validation), TM-BSN 38.31 (benchmark)"
 
@@ -82,6 +88,23 @@ def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
+@contextlib.contextmanager
+def pooled_level():
+    """The denoiser reads each image's noise level from the flattest blocks of all its channels pooled."""
+    import dbsn.denoiser
+    from dbsn.noise.diagnosis import BLOCK, FEW_BLOCKS, diagnose
+
+    def level(image: np.ndarray) -> float | None:
+        _, h, w = image.shape
+        return None if (h // BLOCK) * (w // BLOCK) < FEW_BLOCKS else diagnose([image]).std / 255
+
+    kept, dbsn.denoiser.noise_level = dbsn.denoiser.noise_level, level
+    try:
+        yield
+    finally:
+        dbsn.denoiser.noise_level = kept
+
+
 def diagnose_only(datasets: Path, names: list[str]) -> int:
     """The diagnosis's verdicts on real noise and on synthetic noise that must read as independent."""
     from dbsn.data.io import list_images, read_image
@@ -116,6 +139,8 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=15.0, help="training budget of the user's path per set")
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
+    p.add_argument("--ablate-level", action="store_true",
+                   help="also score the user's path fused at the level of all channels' blocks pooled")
     p.add_argument("--bm3d", type=int, default=8, help="CBM3D on the first N images of each set (0: none)")
     p.add_argument("--diagnose", action="store_true",
                    help="only the noise diagnosis: of each set's noisy images, of fmdd_samples, and of synthetic "
@@ -130,6 +155,7 @@ def main() -> int:
         return 2
     import dbsn
     from dbsn.data.io import list_images, read_image
+    from dbsn.hub.bundled import bundled_models
     from dbsn.noise.diagnosis import describe, diagnose, recommend
 
     print(machine())
@@ -144,7 +170,7 @@ def main() -> int:
         print("   -> " + "; ".join(recommend(d).reasons))
 
         columns = {"noisy": score(out, "noisy", pairs_, None)}
-        for model in BUNDLED:
+        for model in (m for m in BUNDLED if m in bundled_models()):
             denoiser = dbsn.load(model)
             columns[model] = score(out, model, pairs_, lambda y, x, d=denoiser: d.denoise(y))
         trained = {"dbsn train --noisy": []}
@@ -160,6 +186,10 @@ def main() -> int:
             label = f"{label} ({config['noise_model']}, pd {config.get('pd_stride', 1)}, {summary['steps']} steps)"
             denoiser = dbsn.load(str(run_dir / "model.safetensors"))
             columns[label] = score(out, run_dir.name, pairs_, lambda y, x, d=denoiser: d.denoise(y))
+            if args.ablate_level and not extra:
+                with pooled_level():
+                    columns["  the same, fused at the pooled level"] = score(
+                        out, run_dir.name + "_pooled_level", pairs_, lambda y, x, d=denoiser: d.denoise(y))
         if args.bm3d:
             columns["CBM3D (true std)"] = score(out, "cbm3d", pairs_[: args.bm3d], cbm3d)
         names_first = {n.name for n, _ in pairs_[: args.bm3d]}

@@ -192,7 +192,8 @@ def _write(folder, images):
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, y in enumerate(images):
-        Image.fromarray(np.round(np.clip(y[0], 0, 1) * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+        plane = y[0] if len(y) == 1 else np.moveaxis(y, 0, -1)
+        Image.fromarray(np.round(np.clip(plane, 0, 1) * 255).astype(np.uint8)).save(folder / f"im{i}.png")
 
 
 def test_train_on_correlated_noise_chooses_pixel_shuffle_and_says_why(tmp_path, caplog):
@@ -293,3 +294,20 @@ def test_denoise_suggests_what_to_use_on_correlated_noise_only(tmp_path, caplog)
         assert main(["-q", "denoise", "--model", "gray", str(inputs), "-o", str(tmp_path / f"out_{blur}")]) == 0
         assert ("shared between neighbouring pixels" in caplog.text) == blur
         assert ("dbsn train --noisy DIR" in caplog.text) == blur
+        assert ("--model gray-hg" in caplog.text) == blur
+
+
+def test_denoise_suggests_the_bundled_model_for_real_photographs_on_correlated_colour_noise(tmp_path, caplog):
+    """Colour photographs with noise shared between neighbours: the suggestion names the bundled model that
+    learned real photographs' noise (a stage-1 model of 3 channels whose noise is "real noise"), where the
+    package has one, else color-hg."""
+    from dbsn.cli import main
+    from dbsn.hub import bundled_models
+
+    real = [name for name, e in bundled_models().items() if e.noise == "real noise" and e.channels == 3]
+    caplog.set_level("WARNING", logger="dbsn")
+    inputs = tmp_path / "in"
+    _write(inputs, _noisy(np.random.default_rng(5), n=2, size=96, channels=3, blur=True))
+    assert main(["-q", "denoise", "--model", "color", str(inputs), "-o", str(tmp_path / "out")]) == 0
+    assert "shared between neighbouring pixels" in caplog.text
+    assert f"--model {real[0] if real else 'color-hg'} " in caplog.text

@@ -69,7 +69,7 @@ def choose_storage(source: str | os.PathLike, out: str | os.PathLike, check: str
                    noise: str | None = None, storage: str = "auto") -> StorageChoice:
     """Write ``source``'s weights to ``out``: in ``storage``, or (``"auto"``) in the smallest of
     :data:`STORAGES` whose PSNR on the clean images ``check`` with ``noise`` (the evaluation protocol, fp32)
-    is within :data:`MAX_LOSS_DB` of the fp32 weights'. Without check images ``"auto"`` keeps fp32."""
+    costs at most :data:`MAX_LOSS_DB` against the fp32 weights'. Without check images ``"auto"`` keeps fp32."""
     if storage == "auto" and check is None:
         storage = "fp32"
     if storage != "auto":
@@ -87,7 +87,7 @@ def choose_storage(source: str | os.PathLike, out: str | os.PathLike, check: str
             candidate = Path(scratch) / "candidate.safetensors"
             save_in_storage(source, candidate, storage)
             stored = fp32 if storage == "fp32" else score(candidate)
-            if abs(fp32 - stored) <= MAX_LOSS_DB:
+            if fp32 - stored <= MAX_LOSS_DB:  # a cost; a smaller storage that scores higher is kept too
                 break
         with atomic_path(out) as tmp:
             tmp.write_bytes(candidate.read_bytes())
@@ -191,7 +191,7 @@ def bundle_run(run_dir: str | os.PathLike, folder: str | os.PathLike, name: str,
     last = summary.get("last_validation", {})
     check_text = ("" if choice.psnr_fp32 is None else
                   f" On the check images {check} at `{noise}`: PSNR {choice.psnr_fp32:.3f} dB with the fp32 weights, "
-                  f"{choice.psnr_stored:.3f} dB as stored (the smallest storage within {MAX_LOSS_DB} dB is kept).")
+                  f"{choice.psnr_stored:.3f} dB as stored (the smallest storage that costs at most {MAX_LOSS_DB} dB is kept).")
     card = f"""# {name}
 
 {description or f"A {'stage-1' if stage == 'stage1' else 'student'} model ({config['name']})"}.
