@@ -10,11 +10,12 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
   sets together (the user's case with more photographs; their clean images never used);
 - the user's path: ``dbsn train --noisy SET/noisy --minutes M`` with no other option (the noise
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
-  (as ``dbsn denoise`` does: its defaults, random-replacing refinement included);
+  as ``dbsn denoise`` does, with its defaults;
 - with ``--ablate``: the same training with ``--pd-stride 1`` (the plain blind spot);
-- with ``--ablate-level``: the user's path's own weights, fused at the noise level of the flattest blocks
-  of all channels pooled (what ``dbsn.noise.diagnosis.noise_level`` read before 2026-12-07: the
-  quietest channel's level) instead of the root mean square of the channels' levels;
+- with ``--ablate-level``: every pixel-shuffled model (the user's path, ``color-real-stage1``) again,
+  fused at the noise level of the flattest blocks of all channels pooled (what
+  ``dbsn.noise.diagnosis.noise_level`` read before 2026-12-07: the quietest channel's level) instead
+  of the root mean square of the channels' levels;
 - CBM3D told each image's true noise std (``std(noisy - clean)``), on the first ``--bm3d`` images,
   with every method's mean on those images beside it.
 
@@ -136,7 +137,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default=",".join(SETS), type=lambda s: s.split(","),
                    help="sets to run; NAME:N scores the first N pairs only (training still reads every noisy image)")
-    p.add_argument("--minutes", type=float, default=15.0, help="training budget of the user's path per set")
+    p.add_argument("--minutes", type=float, default=15.0,
+                   help="training budget of the user's path per set (0: no user's path, the bundled models only)")
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
     p.add_argument("--ablate-level", action="store_true",
@@ -170,10 +172,17 @@ def main() -> int:
         print("   -> " + "; ".join(recommend(d).reasons))
 
         columns = {"noisy": score(out, "noisy", pairs_, None)}
+
+        def add(label: str, key: str, denoiser) -> None:
+            columns[label] = score(out, key, pairs_, lambda y, x: denoiser.denoise(y))
+            if args.ablate_level and denoiser.shuffled:
+                with pooled_level():
+                    columns[f"  {label.split(' (')[0]}, fused at the pooled level"] = score(
+                        out, key + "_pooled_level", pairs_, lambda y, x: denoiser.denoise(y))
+
         for model in (m for m in BUNDLED if m in bundled_models()):
-            denoiser = dbsn.load(model)
-            columns[model] = score(out, model, pairs_, lambda y, x, d=denoiser: d.denoise(y))
-        trained = {"dbsn train --noisy": []}
+            add(model, model, dbsn.load(model))
+        trained = {"dbsn train --noisy": []} if args.minutes > 0 else {}
         if args.ablate:
             trained["--pd-stride 1"] = ["--pd-stride", "1"]
         for label, extra in trained.items():
@@ -184,12 +193,7 @@ def main() -> int:
             summary = json.loads((run_dir / "run.json").read_text())
             config = summary["model"]
             label = f"{label} ({config['noise_model']}, pd {config.get('pd_stride', 1)}, {summary['steps']} steps)"
-            denoiser = dbsn.load(str(run_dir / "model.safetensors"))
-            columns[label] = score(out, run_dir.name, pairs_, lambda y, x, d=denoiser: d.denoise(y))
-            if args.ablate_level and not extra:
-                with pooled_level():
-                    columns["  the same, fused at the pooled level"] = score(
-                        out, run_dir.name + "_pooled_level", pairs_, lambda y, x, d=denoiser: d.denoise(y))
+            add(label, run_dir.name, dbsn.load(str(run_dir / "model.safetensors")))
         if args.bm3d:
             columns["CBM3D (true std)"] = score(out, "cbm3d", pairs_[: args.bm3d], cbm3d)
         names_first = {n.name for n, _ in pairs_[: args.bm3d]}
@@ -205,7 +209,7 @@ def main() -> int:
             print(f"{label:<58}{every:>8.2f}{mean(head):>10.2f}{result['seconds'] / len(rows):>9.2f}")
         noisy = {r["image"]: r["psnr"] for r in columns["noisy"]["images"]}
         for label, result in columns.items():
-            if label.startswith("dbsn train") or label.startswith("--pd"):
+            if label.startswith(("dbsn train", "--pd", "color-real")):
                 gains = [r["psnr"] - noisy[r["image"]] for r in result["images"]]
                 print(f"{label}: gain over the noisy input per image: median {statistics.median(gains):+.2f}, "
                       f"worst {min(gains):+.2f}, below the input on {sum(g < 0 for g in gains)} of {len(gains)}")

@@ -287,6 +287,33 @@ def test_init_across_noise_models_keeps_the_dbsn(tmp_path):
         init_weights(gray_mg, str(tmp_path / "awgn.safetensors"))
 
 
+def test_init_carries_a_plain_backbone_into_a_pixel_shuffled_model_and_back(tmp_path):
+    """A model trained on clean images (no pixel shuffle) starts one for camera photographs (pixel shuffle:
+    the backbone wrapped as bsn.inner), with every weight, and the other way round; both then compute the
+    same blind-spot outputs at stride 1."""
+    from dbsn.nn import create_model
+    from dbsn.hub import save_weights
+    from dbsn.train.init import init_weights
+
+    plain = create_model("dbsn_tiny", in_channels=3, noise_model="hg")
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    save_weights(tmp_path / "plain.safetensors", plain)
+    shuffled = create_model("dbsn_tiny", in_channels=3, noise_model="hg", pd_stride=5)
+    init_weights(shuffled, str(tmp_path / "plain.safetensors"))
+    own = shuffled.state_dict()
+    assert all(torch.equal(v, own[k.replace("bsn.", "bsn.inner.", 1) if k.startswith("bsn.") else k])
+               for k, v in plain.state_dict().items())
+    y = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(shuffled.eval().bsn(y, stride=1)[0], plain.eval().bsn(y)[0])
+    save_weights(tmp_path / "shuffled.safetensors", shuffled)
+    back = create_model("dbsn_tiny", in_channels=3, noise_model="hg")
+    init_weights(back, str(tmp_path / "shuffled.safetensors"))
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
 def test_worker_processes_give_a_reproducible_stream(tmp_path):
     from dbsn.data import BatchStream
 

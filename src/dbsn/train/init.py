@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import KeysView
 
 from torch import nn
 
 from ..hub import read_checkpoint, resolve_model
 
 log = logging.getLogger("dbsn")
+
+PLAIN, SHUFFLED = "bsn.", "bsn.inner."  # the backbone's weights in a plain and in a pixel-shuffled model
 
 
 def init_weights(model: nn.Module, source: str) -> None:
@@ -31,7 +34,7 @@ def init_weights(model: nn.Module, source: str) -> None:
             raise ValueError(f"--init {source}: {err}") from None
         log.info("initialised from the gray student %s, on each opponent channel", source)
         return
-    state = payload["model"]
+    state = _match_shuffle(payload["model"], model.state_dict().keys())
     # a smaller MWCNN student grown into this one: (is it, the method, what the log says it kept)
     for smaller, method, kept in ((_shallower, "load_shallower_state", "depth"),
                                   (_narrower, "load_narrower_state", "widths"),
@@ -64,6 +67,18 @@ def init_weights(model: nn.Module, source: str) -> None:
         raise ValueError(f"--init {source}: its weights do not fit {model.config['name']} with these options "
                          f"(model {payload['config'].get('name')!r}; {' '.join(first)})") from None
     log.info("initialised from %s", source)
+
+
+def _match_shuffle(state: dict, own: KeysView) -> dict:
+    """``state`` with its backbone's names as the model has them: the pixel shuffle wraps the backbone
+    (``bsn.inner.*``), so a plain blind-spot model's weights start a pixel-shuffled one (a model trained on
+    clean images fine-tuned on camera photographs) and the other way round."""
+    wrapped, source_wrapped = (any(k.startswith(SHUFFLED) for k in keys) for keys in (own, state))
+    if wrapped and not source_wrapped:
+        return {SHUFFLED + k.removeprefix(PLAIN) if k.startswith(PLAIN) else k: v for k, v in state.items()}
+    if source_wrapped and not wrapped:
+        return {PLAIN + k.removeprefix(SHUFFLED) if k.startswith(SHUFFLED) else k: v for k, v in state.items()}
+    return state
 
 
 def _rest(config: dict, key: str) -> dict:
