@@ -6,14 +6,11 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
 
 - the noisy input itself;
 - the bundled ``color`` (AWGN) and ``color-hg`` models, trained on clean images;
-- the bundled ``color-real-stage1``, trained by ``dbsn train --noisy`` on the noisy images of all three
-  sets together (the user's case with more photographs; their clean images never used);
 - the user's path: ``dbsn train --noisy SET/noisy --minutes M`` with no other option (the noise
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
   as ``dbsn denoise`` does, with its defaults;
 - with ``--ablate``: the same training with ``--pd-stride 1`` (the plain blind spot);
-- with ``--ablate-level``: every pixel-shuffled model (the user's path, ``color-real-stage1``) again,
-  fused at the noise level of the flattest blocks of all channels pooled (what
+- with ``--ablate-level``: every pixel-shuffled model again, fused at the noise level of the flattest blocks of all channels pooled (what
   ``dbsn.noise.diagnosis.noise_level`` read before 2026-12-07: the quietest channel's level) instead
   of the root mean square of the channels' levels;
 - CBM3D told each image's true noise std (``std(noisy - clean)``), on the first ``--bm3d`` images,
@@ -32,7 +29,6 @@ The budget is wall-clock minutes of ``dbsn train`` (the whole machine): run noth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -44,7 +40,7 @@ import numpy as np
 from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, train
 
 SETS = ("sidd_samples12", "polyu", "cc15")
-BUNDLED = ("color", "color-hg", "color-real-stage1")
+BUNDLED = ("color", "color-hg")
 # self-supervised, trained on the noisy images, SIDD validation / benchmark (PSNR, dB): a bound, not a measure
 PUBLISHED = "AP-BSN 35.76 / 35.97, AT-BSN 37.88 (validation), TM-BSN 38.31 (benchmark)"
 
@@ -89,21 +85,14 @@ def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
-@contextlib.contextmanager
 def pooled_level():
-    """The denoiser reads each image's noise level from the flattest blocks of all its channels pooled."""
-    import dbsn.denoiser
-    from dbsn.noise.diagnosis import BLOCK, FEW_BLOCKS, diagnose
+    """While it holds, ``noise_level`` (and so the denoiser) reads the level of all channels' blocks pooled,
+    its crop and its small-image rule unchanged."""
+    from unittest import mock
 
-    def level(image: np.ndarray) -> float | None:
-        _, h, w = image.shape
-        return None if (h // BLOCK) * (w // BLOCK) < FEW_BLOCKS else diagnose([image]).std / 255
+    from dbsn.noise.diagnosis import Diagnosis
 
-    kept, dbsn.denoiser.noise_level = dbsn.denoiser.noise_level, level
-    try:
-        yield
-    finally:
-        dbsn.denoiser.noise_level = kept
+    return mock.patch.object(Diagnosis, "mean_std", property(lambda d: d.std))
 
 
 def diagnose_only(datasets: Path, names: list[str]) -> int:
@@ -142,7 +131,7 @@ def main() -> int:
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
     p.add_argument("--ablate-level", action="store_true",
-                   help="also score the user's path fused at the level of all channels' blocks pooled")
+                   help="also score every pixel-shuffled model fused at the level of all channels' blocks pooled")
     p.add_argument("--bm3d", type=int, default=8, help="CBM3D on the first N images of each set (0: none)")
     p.add_argument("--diagnose", action="store_true",
                    help="only the noise diagnosis: of each set's noisy images, of fmdd_samples, and of synthetic "
@@ -157,7 +146,6 @@ def main() -> int:
         return 2
     import dbsn
     from dbsn.data.io import list_images, read_image
-    from dbsn.hub.bundled import bundled_models
     from dbsn.noise.diagnosis import describe, diagnose, recommend
 
     print(machine())
@@ -180,7 +168,7 @@ def main() -> int:
                     columns[f"  {label.split(' (')[0]}, fused at the pooled level"] = score(
                         out, key + "_pooled_level", pairs_, lambda y, x: denoiser.denoise(y))
 
-        for model in (m for m in BUNDLED if m in bundled_models()):
+        for model in BUNDLED:
             add(model, model, dbsn.load(model))
         trained = {"dbsn train --noisy": []} if args.minutes > 0 else {}
         if args.ablate:
@@ -209,7 +197,7 @@ def main() -> int:
             print(f"{label:<58}{every:>8.2f}{mean(head):>10.2f}{result['seconds'] / len(rows):>9.2f}")
         noisy = {r["image"]: r["psnr"] for r in columns["noisy"]["images"]}
         for label, result in columns.items():
-            if label.startswith(("dbsn train", "--pd", "color-real")):
+            if label.startswith(("dbsn train", "--pd")):
                 gains = [r["psnr"] - noisy[r["image"]] for r in result["images"]]
                 print(f"{label}: gain over the noisy input per image: median {statistics.median(gains):+.2f}, "
                       f"worst {min(gains):+.2f}, below the input on {sum(g < 0 for g in gains)} of {len(gains)}")
