@@ -10,9 +10,9 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
   as ``dbsn denoise`` does, with its defaults;
 - with ``--ablate``: the same training with ``--pd-stride 1`` (the plain blind spot);
-- with ``--ablate-level``: every pixel-shuffled model again, fused at the noise level of the flattest blocks of all channels pooled (what
-  ``dbsn.noise.diagnosis.noise_level`` read before 2026-12-07: the quietest channel's level) instead
-  of the root mean square of the channels' levels;
+- with ``--ablate-level``: every pixel-shuffled model again, fused as before 2026-12-07 (the baseline):
+  its own variances, the noise share lowered to the level read from the image, instead of variances
+  measured on the image (:func:`dbsn.fusion.measured_variances`);
 - CBM3D told each image's true noise std (``std(noisy - clean)``), on the first ``--bm3d`` images,
   with every method's mean on those images beside it.
 
@@ -85,14 +85,20 @@ def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
-def pooled_level():
-    """While it holds, ``noise_level`` (and so the denoiser) reads the level of all channels' blocks pooled,
-    its crop and its small-image rule unchanged."""
+def previous_fusion():
+    """While it holds, the denoiser fuses a pixel-shuffled model as before 2026-12-07: the model's own
+    variances, the noise share lowered to the level read from the image (the root mean square of its
+    channels' levels; ``shuffle_fusion.split_at_level``)."""
     from unittest import mock
 
-    from dbsn.noise.diagnosis import Diagnosis
+    from dbsn.denoiser import Denoiser
+    from shuffle_fusion import split_at_level
 
-    return mock.patch.object(Diagnosis, "mean_std", property(lambda d: d.std))
+    def split(self, y, parts, var_level):
+        s_mu, s_n = self.model.average(parts["s_mu"], parts["s_n"])
+        return dict(zip(("s_mu", "s_n"), split_at_level(s_mu, s_n, var_level.mean(1))))
+
+    return mock.patch.object(Denoiser, "_measured", split)
 
 
 def diagnose_only(datasets: Path, names: list[str]) -> int:
@@ -131,7 +137,7 @@ def main() -> int:
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
     p.add_argument("--ablate-level", action="store_true",
-                   help="also score every pixel-shuffled model fused at the level of all channels' blocks pooled")
+                   help="also score every pixel-shuffled model fused as before 2026-12-07 (split at the level read)")
     p.add_argument("--bm3d", type=int, default=8, help="CBM3D on the first N images of each set (0: none)")
     p.add_argument("--diagnose", action="store_true",
                    help="only the noise diagnosis: of each set's noisy images, of fmdd_samples, and of synthetic "
@@ -164,9 +170,9 @@ def main() -> int:
         def add(label: str, key: str, denoiser) -> None:
             columns[label] = score(out, key, pairs_, lambda y, x: denoiser.denoise(y))
             if args.ablate_level and denoiser.shuffled:
-                with pooled_level():
-                    columns[f"  {label.split(' (')[0]}, fused at the pooled level"] = score(
-                        out, key + "_pooled_level", pairs_, lambda y, x: denoiser.denoise(y))
+                with previous_fusion():
+                    columns[f"  {label.split(' (')[0]}, fused as before (split at the level)"] = score(
+                        out, key + "_previous_fusion", pairs_, lambda y, x: denoiser.denoise(y))
 
         for model in BUNDLED:
             add(model, model, dbsn.load(model))

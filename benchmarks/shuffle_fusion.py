@@ -1,16 +1,19 @@
-"""Which noise level the fusion of a pixel-shuffled model should take, chosen on training images only.
+"""Which variances the fusion of a pixel-shuffled model should take, chosen on training images only.
 
 Synthetic correlated noise on 16 bsd432 training images (rng seed 7): white Gaussian noise filtered by
 a separable [1, 2, 1] / 4 kernel (correlation 0.64 at lag 1, as camera noise after demosaicking),
 scaled to each ``--std``. For each level, ``dbsn train --noisy`` with defaults for ``--minutes``, then
 the median (and worst) gain in PSNR over the noisy input of:
 
-- the model's own fusion (its own noise estimate), first pass at the inference stride;
-- 8 passes of random-replacing refinement, raw and fused at the model's level;
-- the fusion at the level read from each image (``dbsn.noise.diagnosis.noise_level``, the default:
-  the root mean square of the channels' levels), with and without the refinement; at the level of
-  the flattest blocks of all channels pooled (what ``noise_level`` read before); and at the true
-  level (an oracle).
+- the model's own fusion (its own ``s_mu`` and ``s_n``), first pass at the inference stride;
+- 8 passes of random-replacing refinement, raw;
+- the fusion before 2026-12-07, the baseline: the model's own variances split again at the level read
+  from each image (the root mean square of its channels' levels), at the level of all channels'
+  flattest blocks pooled (before that), and at the true level;
+- the default (:class:`dbsn.Denoiser`): variances measured on each image
+  (:func:`dbsn.fusion.measured_variances`) at the lower of the levels read from ``y`` and from
+  ``y - mu``, also with 8 passes of refinement; at the level read from ``y`` alone; at the true level;
+- an oracle: the best weight per image and channel on ``y - mu``, from the clean image.
 
 ``--gains`` scales the noise of the red, green and blue channels relative to one another (normalised
 to a root mean square of 1, so ``--std`` stays the mean level), as a camera's white balance does:
@@ -36,15 +39,26 @@ from common import DATASETS, correlated_set, dataset, machine, train
 IMAGES, SEED = 16, 7
 
 
+def split_at_level(s_mu, s_n, var_level):
+    """The fusion before 2026-12-07 (the baseline here): the model's own ``(s_mu, s_n)``, with ``cov_n`` scaled
+    down per image to ``var_level`` where it is higher and the rest given to ``cov_mu`` (the same sum)."""
+    from dbsn import linalg
+
+    var_n = linalg.diagonal(s_n).flatten(1).mean(1)
+    k = (var_level.to(var_n) / var_n.clamp_min(linalg.VAR_FLOOR)).clamp(max=1.0)
+    k = k.view(-1, *([1] * (s_n.dim() - 1)))
+    return s_mu + (1 - k) * s_n, k * s_n
+
+
 def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[float]]:
     import torch
     from PIL import Image
 
     from dbsn.denoiser import Denoiser
-    from dbsn.fusion import bayes_fusion, split_at_level
+    from dbsn.fusion import bayes_fusion, measured_variances
     from dbsn.hub import load_model
     from dbsn.metrics import psnr
-    from dbsn.noise.diagnosis import diagnose, noise_level
+    from dbsn.noise.diagnosis import channel_levels, diagnose, noise_level
 
     def load(path):
         a = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
@@ -54,6 +68,7 @@ def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[flo
         return psnr((a.clamp(0, 1) * 255).round() / 255, x)
 
     model = load_model(str(weights)).eval()
+    plain = Denoiser(load_model(str(weights)), device="cpu", precision="fp32")
     refined = Denoiser(load_model(str(weights)), device="cpu", precision="fp32", refine=8)
     rows: dict[str, list[float]] = {}
     for noisy in sorted((folder / "noisy").glob("*.png")):
@@ -62,16 +77,20 @@ def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[flo
             parts = model.pixel_parts(y)
             s_mu, s_n = model.average(parts["s_mu"], parts["s_n"])
             mu, base = parts["mu"], score(y, x)
-            cells = {"own level": bayes_fusion(y, mu, s_mu, s_n)}
-            # the refinement's raw mean, from the model's own first pass (as before the level was read)
-            r3 = refined._refined(y, cells["own level"].clamp(0, 1), refined.tile_spec())
-            cells["refine 8, raw"] = r3
-            cells["refine 8, fused at own level"] = bayes_fusion(y, r3, s_mu, s_n)
+            own = bayes_fusion(y, mu, s_mu, s_n)
+            cells = {"own level": own, "refine 8, raw": refined._refined(y, own.clamp(0, 1), refined.tile_spec())}
             read, pooled = noise_level(y[0].numpy()), diagnose([y[0].numpy()]).std / 255
             for tag, level in (("read", read), ("read, channels pooled", pooled), ("true", true_std / 255)):
-                split = split_at_level(s_mu, s_n, torch.tensor([level * level]))
-                cells[f"level {tag}"] = bayes_fusion(y, mu, *split)
-                cells[f"level {tag}, refine 8"] = bayes_fusion(y, r3, *split)
+                cells[f"split at level {tag}"] = bayes_fusion(y, mu, *split_at_level(s_mu, s_n, torch.tensor([level**2])))
+            cells["measured, level of y alone"] = bayes_fusion(
+                y, mu, *measured_variances(y, mu, torch.from_numpy(channel_levels(y[0].numpy())**2)[None]))
+            cells["measured (the default)"] = plain.predict(y)["x_hat"]
+            cells["measured, refine 8"] = refined.predict(y)["x_hat"]
+            true_var = ((y - x) ** 2).mean(dim=(-2, -1))  # the oracles
+            cells["measured, true level (oracle)"] = bayes_fusion(y, mu, *measured_variances(y, mu, true_var))
+            r, t = y - mu, x - mu
+            weight = (r * t).sum(dim=(-2, -1), keepdim=True) / (r * r).sum(dim=(-2, -1), keepdim=True)
+            cells["best weight per channel (oracle)"] = mu + weight * r
         for label, out in cells.items():
             rows.setdefault(label, []).append(score(out, x) - base)
         rows.setdefault("noisy input (dB)", []).append(base)
@@ -102,9 +121,9 @@ def main() -> int:
         rows = variants(run_dir / "model.safetensors", folder, std)
         print(f"\ncorrelated noise of std {std:g}{', channel gains ' + str(args.gains) if args.gains else ''}, "
               f"{IMAGES} bsd432 images: gain over the noisy input (dB)")
-        print(f"{'fusion':<32}{'median':>8}{'min':>8}{'max':>8}")
+        print(f"{'fusion':<36}{'median':>8}{'min':>8}{'max':>8}")
         for label, values in rows.items():
-            print(f"{label:<32}{statistics.median(values):>8.2f}{min(values):>8.2f}{max(values):>8.2f}")
+            print(f"{label:<36}{statistics.median(values):>8.2f}{min(values):>8.2f}{max(values):>8.2f}")
     return 0
 
 

@@ -65,26 +65,45 @@ def test_refinement_is_deterministic_and_changes_the_output():
 
 
 @pytest.mark.parametrize("form", ["var", "cov"])
-def test_split_at_level_keeps_the_sum_and_only_lowers_the_noise_share(form):
+def test_variances_measured_on_the_image_give_the_best_weight_of_mu_and_y(form):
+    """Noise of variance 4e-3 and an estimate ``mu`` with independent errors of variance 1e-3: given the
+    noise level, the fusion finds ``var_mu`` from ``y - mu`` and reaches the least squared error, 8e-4
+    (below both ``y`` and ``mu``); full covariances give the same estimate."""
     from dbsn import linalg
-    from dbsn.fusion import bayes_fusion, split_at_level
+    from dbsn.fusion import bayes_fusion, measured_variances
 
     g = torch.Generator().manual_seed(0)
-    y, mu = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
-    if form == "var":
-        s_mu, s_n = 0.01 * torch.rand(2, 3, 8, 8, generator=g), torch.full((2, 3, 1, 1), 0.04)
-    else:
-        a = 0.1 * torch.randn(2, 8, 8, 3, 3, generator=g)
-        s_mu = (a @ a.transpose(-1, -2)).permute(0, 3, 4, 1, 2)  # (B, C, C, H, W)
-        s_n = (0.04 * torch.eye(3)).expand(2, 1, 1, 3, 3).permute(0, 3, 4, 1, 2)
-    level = torch.tensor([0.01, 0.09])  # image 0: below the model's 0.04, image 1: above it
-    m2, n2 = split_at_level(s_mu, s_n, level)
-    torch.testing.assert_close(m2 + n2, s_mu + s_n)
-    var_n = linalg.diagonal(n2).flatten(1).mean(1)
-    torch.testing.assert_close(var_n, torch.tensor([0.01, 0.04]))  # lowered to the level, never raised
-    before, after = bayes_fusion(y, mu, s_mu, s_n), bayes_fusion(y, mu, m2, n2)
-    assert (after[0] - y[0]).abs().mean() < (before[0] - y[0]).abs().mean()  # towards y
-    torch.testing.assert_close(after[1], before[1])
+    x = torch.rand(2, 3, 256, 256, generator=g)
+    y = x + 0.004**0.5 * torch.randn(x.shape, generator=g)
+    mu = x + 0.001**0.5 * torch.randn(x.shape, generator=g)
+    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.004), full=form == "cov")
+    assert s_mu.shape == ((2, 3, 1, 1) if form == "var" else (2, 3, 3, 1, 1))
+    var_mu = linalg.diagonal(s_mu)[..., 0, 0]
+    torch.testing.assert_close(var_mu, torch.full((2, 3), 0.001), rtol=0.1, atol=0)
+    mse = float(((bayes_fusion(y, mu, s_mu, s_n) - x) ** 2).mean())
+    assert mse == pytest.approx(0.001 * 0.004 / 0.005, rel=0.05)
+    # where the noise alone explains the residual, the estimate is mu
+    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.01))
+    assert float(s_mu.abs().max()) == 0
+    torch.testing.assert_close(bayes_fusion(y, mu, s_mu, s_n), mu)
+
+
+def test_a_pixel_shuffled_model_reads_the_noise_where_mu_explains_the_texture():
+    """On a finely textured image every block of ``y`` holds texture, and the level read from it is far
+    above the noise; read from ``y - mu``, where ``mu`` keeps the texture, it is the noise's."""
+    model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn", pd_stride=2).eval()
+    rng = np.random.default_rng(0)
+    r, c = np.mgrid[0:128, 0:128]
+    x = (0.5 + 0.15 * np.sin(r * 1.3) * np.cos(c * 0.9)).astype(np.float32)[None, None]
+    y = torch.from_numpy(x + rng.normal(0, 5 / 255, x.shape).astype(np.float32))
+    denoiser = Denoiser(model, device="cpu", precision="fp32")
+    var_level = denoiser._noise_variance(y)
+    assert float(var_level.sqrt()) > 10 / 255  # texture read as noise
+    with torch.no_grad():
+        own = model.pixel_parts(y)
+        measured = denoiser._measured(y, {**own, "mu": torch.from_numpy(x)}, var_level)  # mu: the texture itself
+    assert 255 * float(measured["s_n"].sqrt()) == pytest.approx(5, rel=0.1)
+    assert 255 * float(measured["s_mu"].sqrt()) < 1.5
 
 
 def test_noise_level_reads_white_noise_and_declines_small_images():
@@ -116,7 +135,7 @@ def test_noise_level_of_a_colour_image_is_the_mean_over_its_channels_not_the_qui
 
 def test_a_pixel_shuffled_model_fuses_at_the_noise_level_read_from_the_image():
     """An untrained model's noise estimate is far from the truth; the fusion of a pixel-shuffled one
-    takes the lower of it and the level read from the image, and a plain model keeps its own."""
+    takes the level read from the image, and a plain model keeps its own."""
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     x = np.linspace(0.3, 0.7, 128, dtype=np.float32)[None, None, None, :].repeat(128, axis=2)

@@ -11,11 +11,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from .fusion import split_at_level
+from . import linalg
+from .fusion import measured_variances
 from .hub import load_model
 from .nn.registry import model_kind
 from .nn.blind_spot import std_n_map
-from .noise.diagnosis import noise_level
+from .noise.diagnosis import channel_levels
 from .runtime import check_ensemble, memory_format_for, resolve_device, resolve_precision
 from .tiling import WINDOW_PIXELS, TileSpec, parse_memory, spec_for_precision, tiled_apply
 
@@ -102,36 +103,47 @@ class Denoiser:
         return out
 
     def _noise_variance(self, y: torch.Tensor) -> torch.Tensor | None:
-        """For a pixel-shuffled model: the noise variance of each image of ``y`` read from its flat blocks
-        (:func:`dbsn.noise.diagnosis.noise_level`), ``(B,)``; an image too small to read keeps the model's
-        own estimate (infinity). None for other models, whose noise estimate the fusion takes as it is."""
-        if not self.shuffled:
-            return None
-        levels = [noise_level(image) for image in y.float().cpu().numpy()]
-        return torch.tensor([math.inf if v is None else v * v for v in levels], device=y.device)
+        """For a pixel-shuffled model: the noise variance of each image and channel of ``y`` read from its
+        flat blocks (:func:`dbsn.noise.diagnosis.channel_levels`), ``(B, C)``; infinity where an image is
+        too small to read. None for other models, whose noise estimate the fusion takes as it is."""
+        return _channel_variances(y) if self.shuffled else None
 
     def _one_pass(self, y: torch.Tensor, var_level: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The model's outputs on ``y`` (``x_hat`` clamped), tile by tile when it exceeds the memory budget.
 
-        ``var_level`` (a pixel-shuffled model): the noise variance per image read from ``y``. Trained on
-        sub-images, such a model's noise estimate takes in the error of its ``mu`` where that exceeds the
-        noise (at light noise, many times over), and its fusion then trusts ``mu`` over ``y``; the
-        variance is split again at that level (:func:`dbsn.fusion.split_at_level`)."""
+        ``var_level`` (a pixel-shuffled model): the noise variance per image and channel read from ``y``.
+        Such a model's heads learned on the sub-images of its training stride, not on what it meets at
+        inference; its fusion takes variances measured on the image instead (:meth:`_measured`)."""
         y = y.contiguous(memory_format=memory_format_for(self.device))
         spec = self.tile_spec()
         # every model: its per-pixel parts tile by tile (under the precision, as the model rules), then
         # what needs the whole image (a stage-1 model's averages and fusion, in fp32)
-        parts = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec, self.max_memory,
-                            self.window_pixels)
-        if var_level is not None:  # on the image averages the fusion takes (s_mu is averaged only for MG)
-            s_mu, s_n = self.model.average(parts["s_mu"], parts["s_n"])
-            parts = {**parts, **dict(zip(("s_mu", "s_n"), split_at_level(s_mu, s_n, var_level)))}
+        own = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec, self.max_memory,
+                          self.window_pixels)
+        parts = own if var_level is None else {**own, **self._measured(y, own, var_level)}
         out = {k: v.float() for k, v in self.model.assemble(y, parts, gamma=self.gamma).items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         if self.refine:  # the refined estimate takes the place of mu in the fusion with y
-            refined = self._refined(y, out["x_hat"], spec)
-            out["x_hat"] = self.model.assemble(y, {**parts, "mu": refined}, gamma=self.gamma)["x_hat"].float().clamp(0, 1)
+            again = {**own, "mu": self._refined(y, out["x_hat"], spec)}
+            if var_level is not None:
+                again.update(self._measured(y, again, var_level))
+            out["x_hat"] = self.model.assemble(y, again, gamma=self.gamma)["x_hat"].float().clamp(0, 1)
         return out
+
+    def _measured(self, y: torch.Tensor, parts: dict[str, torch.Tensor], var_level: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+        """``s_mu`` and ``s_n`` of a pixel-shuffled model measured on the image
+        (:func:`dbsn.fusion.measured_variances`), from its ``mu`` in ``parts``.
+
+        The noise variance is the lower of two upper bounds, both read from flat blocks: of ``y``
+        (``var_level``), where texture reads as noise too, and of ``y - mu``, where only what ``mu`` missed
+        does. Where neither can be read (a small image), the model's own estimate averaged over the image."""
+        mu = parts["mu"].float()
+        var_n = torch.minimum(var_level.to(mu), _channel_variances(y - mu).to(mu))
+        own = linalg.diagonal(self.model.average_noise(parts["s_n"])).float().mean(dim=(-2, -1))
+        var_n = torch.where(torch.isfinite(var_n), var_n, own)
+        s_mu, s_n = measured_variances(y, mu, var_n, full=linalg.is_cov(parts["s_n"]))
+        return {"s_mu": s_mu, "s_n": s_n}
 
     def _refined(self, y: torch.Tensor, x_hat: torch.Tensor, spec: TileSpec) -> torch.Tensor:
         """Random-replacing refinement (R3, AP-BSN): ``refine`` passes of the blind-spot network without
@@ -183,6 +195,17 @@ class Denoiser:
                 raise ValueError("return_std_n needs a stage-1 model (it carries the noise estimator)")
             return result, std_n_map(out)[0].numpy()
         return result
+
+
+def _channel_variances(images: torch.Tensor) -> torch.Tensor:
+    """The noise variance of each image and channel of ``images`` ``(B, C, H, W)`` read from its flat blocks
+    (:func:`dbsn.noise.diagnosis.channel_levels`), ``(B, C)`` on their device; infinity for an image too
+    small to read."""
+    rows = []
+    for image in images.float().cpu().numpy():
+        levels = channel_levels(image)
+        rows.append(np.full(image.shape[0], np.inf) if levels is None else levels**2)
+    return torch.tensor(np.stack(rows), dtype=torch.float32, device=images.device)
 
 
 # random-replacing refinement (AP-BSN's settings): passes, share of noisy pixels put back, seed. Off by

@@ -45,24 +45,30 @@ def bayes_fusion(
     return mu + linalg.from_vector(gain)
 
 
-def split_at_level(s_mu: torch.Tensor, s_n: torch.Tensor, var_level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(s_mu, s_n)`` split again where an independent reading of the noise variance is lower.
+def measured_variances(y: torch.Tensor, mu: torch.Tensor, var_n: torch.Tensor, full: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(s_mu, s_n)`` measured on the image itself, one variance per image and channel.
 
-    The likelihood fits the sum ``cov_mu + cov_n`` (the variance of ``y - mu``); how it is split
-    between the error of ``mu`` and the noise, only the estimator's design and the DBSN loss's
-    trace term decide. Where the error of ``mu`` exceeds the noise (light noise, a model early in
-    training, a pixel-shuffled one), the trace term pushes that error into ``cov_n``: the noise
-    estimate inflates, ``cov_mu`` shrinks, and the fusion trusts a poor ``mu`` over a good ``y``.
+    Where the error of ``mu`` is independent of the noise at each pixel (the blind spot), the variance
+    of ``y - mu`` is ``var_mu + var_n``. Given ``var_n`` (read from the image), ``var_mu`` is the rest:
+    ``mean((y - mu)^2) - var_n`` over the image, per channel, floored at 0 (where the noise alone explains
+    the residual, ``x_hat = mu``). The fusion's weight on ``y - mu``, ``var_mu / (var_mu + var_n)``, is then
+    the one scalar weight per channel with the least expected squared error over the image.
 
-    Here ``cov_n`` is scaled by ``k = min(var_level / mean(var_n), 1)`` per image and the rest given to
-    ``cov_mu``: ``(cov_mu + (1 - k) cov_n, k cov_n)``, the same sum, both still positive semi-definite.
-    It only ever lowers the noise share, so the fusion moves towards ``y``, never away from it.
+    For a pixel-shuffled model, whose heads do not fit inference: they learned ``var_mu`` and ``var_n``
+    on the sub-images of the training stride. At the smaller inference stride ``mu`` is better than
+    they assume, so ``var_mu`` is too large and the fusion leans to ``y``; and where the error of
+    ``mu`` exceeds the noise in training, the noise estimate takes it in, and the fusion leans to a
+    poor ``mu``. Measured here, neither happens.
 
     Args:
-        s_mu, s_n: per-pixel or image-averaged variances ``(B, C, H, W)`` or covariances ``(B, C, C, H, W)``.
-        var_level: the noise variance per image ``(B,)``, in [0, 1] units.
+        y, mu: the noisy image and the blind-spot estimate ``(B, C, H, W)``.
+        var_n: the noise variance per image and channel ``(B, C)``, in [0, 1] units.
+        full: give diagonal covariances ``(B, C, C, 1, 1)`` (for full-covariance heads) instead of
+            variances ``(B, C, 1, 1)``.
     """
-    var_n = linalg.diagonal(s_n).flatten(1).mean(1)
-    k = (var_level.to(var_n) / var_n.clamp_min(linalg.VAR_FLOOR)).clamp(max=1.0)
-    k = k.view(-1, *([1] * (s_n.dim() - 1)))
-    return s_mu + (1 - k) * s_n, k * s_n
+    var_n = var_n.to(mu)
+    var_mu = ((y.to(mu) - mu) ** 2).mean(dim=(-2, -1)).sub(var_n).clamp_min(0)
+    if full:
+        return torch.diag_embed(var_mu)[..., None, None], torch.diag_embed(var_n)[..., None, None]
+    return var_mu[..., None, None], var_n[..., None, None]

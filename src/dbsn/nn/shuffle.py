@@ -20,9 +20,11 @@ What the Bayes fusion (METHOD.md section 4) assumes here: ``y = x + n`` with ``n
 ``cov_n`` at each pixel, and ``mu - x`` of covariance ``cov_mu`` independent of ``n``. Pixel shuffle keeps
 the independence (the sub-image neighbours ``mu`` reads lie beyond the correlation), and ``cov_n`` is the
 noise's marginal covariance at one pixel, whatever its correlation with the neighbours: the fusion of a
-pixel needs nothing else. What breaks is the split of ``cov_mu + cov_n``: ``mu`` is poorer than at full
-resolution, and where its error exceeds the noise the estimator takes it in. :class:`dbsn.Denoiser`
-therefore fuses a shuffled model at the noise level read from each image (:func:`dbsn.fusion.split_at_level`).
+pixel needs nothing else. What breaks is the heads' split of ``cov_mu + cov_n``: they learned it on the
+sub-images of the training stride, where ``mu`` is poorer than at the inference stride, and where its error
+exceeds the noise the noise estimate takes it in. :class:`dbsn.Denoiser` therefore fuses a shuffled model
+with one variance per image and channel measured on the image itself (:func:`dbsn.fusion.measured_variances`):
+the noise's, read from flat blocks, and ``mu``'s, the rest of the variance of ``y - mu``.
 """
 
 from __future__ import annotations
