@@ -55,8 +55,8 @@ class Denoiser:
         self.precision = resolve_precision(precision, self.device, bf16_exact=not self.is_blind_spot)
         self.channels = int(model.config.get("in_channels", 1))
         self.ensemble = check_ensemble(ensemble)
-        # random-replacing refinement: off by default (with the noise variance read from the image, the
-        # fusion of the first pass measured as good: see R3_PASSES), for a pixel-shuffled model only
+        # random-replacing refinement: off by default (for its cost: see R3_PASSES), for a pixel-shuffled
+        # model only
         self.shuffled = bool(getattr(self.model, "shuffled", False))
         self.refine = 0 if refine is None else int(refine)
         if self.refine < 0 or (self.refine and not self.shuffled):
@@ -209,9 +209,10 @@ def _channel_variances(images: torch.Tensor) -> torch.Tensor:
 
 
 # random-replacing refinement (AP-BSN's settings): passes, share of noisy pixels put back, seed. Off by
-# default: on 16 bsd432 training images with correlated noise of std 10 (7-minute runs of dbsn train
-# --noisy), the fusion of the first pass at the noise level read from each image gained +1.08 dB over the
-# input (median), the 8 refined passes fused the same way +1.04, at 9 times the cost
+# default, for its cost (9 times the first pass): on 16 bsd432 training images with correlated noise (dbsn
+# train --noisy for 5 to 7 minutes; benchmarks/shuffle_fusion.py, shuffle_stride.py), 8 passes with the
+# fusion measured on the image gained +1.21 dB over the input (median) against +0.93 for the first pass
+# (colour, std 10), and +2.81 against +2.26 (gray, lag-1 correlation 0.25)
 R3_PASSES, R3_SHARE, R3_SEED = 8, 0.16, 0
 
 # (quarter turns, mirrored) in the order ``ensemble`` takes them: 2 adds the mirror image, 4 the
