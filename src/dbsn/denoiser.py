@@ -209,10 +209,11 @@ def _channel_variances(images: torch.Tensor) -> torch.Tensor:
 
 
 # random-replacing refinement (AP-BSN's settings): passes, share of noisy pixels put back, seed. Off by
-# default, for its cost (9 times the first pass): on 16 bsd432 training images with correlated noise (dbsn
+# default: at 9 times the cost of the first pass, on 16 bsd432 training images with correlated noise (dbsn
 # train --noisy for 5 to 7 minutes; benchmarks/shuffle_fusion.py, shuffle_stride.py), 8 passes with the
 # fusion measured on the image gained +1.21 dB over the input (median) against +0.93 for the first pass
-# (colour, std 10), and +2.81 against +2.26 (gray, lag-1 correlation 0.25)
+# (colour, std 10) and +2.81 against +2.26 (gray, lag-1 correlation 0.25), and lost at correlation 0.65
+# (+1.63 against +2.02)
 R3_PASSES, R3_SHARE, R3_SEED = 8, 0.16, 0
 
 # (quarter turns, mirrored) in the order ``ensemble`` takes them: 2 adds the mirror image, 4 the
