@@ -4,7 +4,6 @@ budget, at a precision, with an optional ensemble of mirrored and rotated copies
 from __future__ import annotations
 
 import logging
-import math
 import os
 from functools import partial
 
