@@ -235,27 +235,33 @@ def diagnose(images) -> Diagnosis:
 LEVEL_PIXELS = 1 << 22  # the central crop noise_level reads (per channel): enough flat blocks, bounded cost
 
 
+def _image_diagnosis(image: np.ndarray) -> Diagnosis | None:
+    """:func:`diagnose` of one image ``(C, H, W)``, read from a central crop of at most ``LEVEL_PIXELS`` pixels;
+    None where the image holds fewer than ``FEW_BLOCKS`` blocks."""
+    c, h, w = image.shape
+    side = int(math.isqrt(LEVEL_PIXELS))
+    ch, cw = min(h, max(side, LEVEL_PIXELS // max(w, 1))), min(w, max(side, LEVEL_PIXELS // max(h, 1)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    if (ch // BLOCK) * (cw // BLOCK) < FEW_BLOCKS:
+        return None
+    return diagnose([image[:, top:top + ch, left:left + cw]])
+
+
 def channel_levels(image: np.ndarray) -> np.ndarray | None:
     """The noise std of each channel of one image ``(C, H, W)``, in [0, 1] units, ``(C,)``: each read as
     :func:`diagnose` reads it (the channel's flattest blocks; an upper bound on an image with little flat
     area), from a central crop of at most ``LEVEL_PIXELS`` pixels; None where the image holds fewer
     than ``FEW_BLOCKS`` blocks."""
-    c, h, w = image.shape
-    side = int(math.isqrt(LEVEL_PIXELS))
-    ch, cw = min(h, max(side, LEVEL_PIXELS // max(w, 1))), min(w, max(side, LEVEL_PIXELS // max(h, 1)))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = image[:, top:top + ch, left:left + cw]
-    if (ch // BLOCK) * (cw // BLOCK) < FEW_BLOCKS:
-        return None
-    return np.array(diagnose([crop]).channel_std) / 255
+    d = _image_diagnosis(image)
+    return None if d is None else np.array(d.channel_std) / 255
 
 
 def noise_level(image: np.ndarray) -> float | None:
     """The noise std of one image ``(C, H, W)`` in [0, 1], in [0, 1] units: the root mean square of its
     :func:`channel_levels` (the noise's mean variance, :attr:`Diagnosis.mean_std`); None where they
     cannot be read."""
-    levels = channel_levels(image)
-    return None if levels is None else float(np.sqrt(np.mean(levels**2)))
+    d = _image_diagnosis(image)
+    return None if d is None else d.mean_std / 255
 
 
 @dataclass
