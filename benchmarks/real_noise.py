@@ -5,7 +5,8 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
 8-bit output against the clean image, mean over the set:
 
 - the noisy input itself;
-- the bundled ``color`` (AWGN) and ``color-hg`` models, trained on clean images;
+- the bundled ``color`` (AWGN) and ``color-hg`` models, trained on clean images, and ``color-real``,
+  learned from the noisy photographs of the three sets alone (their clean images only score it);
 - the user's path: ``dbsn train --noisy SET/noisy --minutes M`` with no other option (the noise
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
   as ``dbsn denoise`` does, with its defaults;
@@ -40,7 +41,7 @@ import numpy as np
 from common import DATASETS, bm3d_true_std, dataset, machine, require_bm3d, train
 
 SETS = ("sidd_samples12", "polyu", "cc15")
-BUNDLED = ("color", "color-hg")
+BUNDLED = ("color", "color-hg", "color-real")
 # self-supervised, trained on the noisy images, SIDD validation / benchmark (PSNR, dB): a bound, not a measure
 PUBLISHED = "AP-BSN 35.76 / 35.97, AT-BSN 37.88 (validation), TM-BSN 38.31 (benchmark)"
 

@@ -9,7 +9,7 @@ between, on noise whose correlation is known.
 Synthetic correlated noise on 16 gray bsd432 training images (rng seed 7): white Gaussian noise
 filtered along both axes by a kernel, scaled to std ``--std`` (0-255 units):
 
-- ``[a, 1, a]`` with ``a`` chosen for a correlation ``rho`` at lag 1 of 0.15, 0.25, 0.35 and 0.65, nothing
+- ``[a, 1, a]`` with ``a`` chosen for a correlation ``rho`` at lag 1 of 0.15, 0.25, 0.35, 0.45, 0.55 and 0.65, nothing
   beyond (correlation length 2);
 - ``[1 2 1]/4``: 0.67 at lag 1, 0.17 at lag 2 (length 3).
 
@@ -50,6 +50,8 @@ NOISES = {  # name: the separable kernel
     "rho 0.15": kernel_for(0.15),
     "rho 0.25": kernel_for(0.25),
     "rho 0.35": kernel_for(0.35),
+    "rho 0.45": kernel_for(0.45),
+    "rho 0.55": kernel_for(0.55),
     "rho 0.65": kernel_for(0.65),
     "[1 2 1]/4": np.array([1.0, 2.0, 1.0]) / 4,
 }

@@ -319,7 +319,7 @@ def test_denoise_suggests_what_to_use_on_correlated_noise_only(tmp_path, caplog)
 def test_denoise_suggests_the_bundled_model_for_real_photographs_on_correlated_colour_noise(tmp_path, caplog):
     """Colour photographs with noise shared between neighbours: the suggestion names the bundled model that
     learned real photographs' noise (a stage-1 model of 3 channels whose noise is "real noise"), where the
-    package has one, else color-hg."""
+    package has one, and color-hg."""
     from dbsn.cli import main
     from dbsn.hub import bundled_models
 
@@ -330,3 +330,4 @@ def test_denoise_suggests_the_bundled_model_for_real_photographs_on_correlated_c
     assert main(["-q", "denoise", "--model", "color", str(inputs), "-o", str(tmp_path / "out")]) == 0
     assert "shared between neighbouring pixels" in caplog.text
     assert f"--model {real[0] if real else 'color-hg'} " in caplog.text
+    assert "--model color-hg " in caplog.text  # beside a model learned from real photographs: light noise
