@@ -108,6 +108,70 @@ def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, 
         Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
 
 
+def _bilinear_demosaic(raw, np):
+    """RGB from an RGGB Bayer mosaic by bilinear interpolation, each missing value the mean of its
+    nearest samples of that colour (reflected at the borders)."""
+    h, w = raw.shape
+    masks = np.zeros((3, h, w))
+    masks[0, 0::2, 0::2] = 1
+    masks[1, 0::2, 1::2] = masks[1, 1::2, 0::2] = 1
+    masks[2, 1::2, 1::2] = 1
+    kernels = (np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4, np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4)
+
+    def conv(a, k):
+        p = np.pad(a, 1, mode="reflect")
+        return sum(k[i, j] * p[i:i + h, j:j + w] for i in range(3) for j in range(3))
+
+    return np.stack([conv(raw * masks[c], kernels[0 if c != 1 else 1]) for c in range(3)], axis=-1)
+
+
+def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -> None:
+    """``folder/noisy`` and ``folder/clean``: ``images`` colour images drawn from ``source`` (rng ``seed``)
+    through a camera's pipeline: sRGB to linear (gamma 2.2), an RGGB Bayer mosaic, Poisson-Gaussian
+    noise on it (a photon share ``a`` and a read share ``b = a / 20`` of the variance ``a x + b``),
+    bilinear demosaicking, gamma 1/2.2, 8 bits. The clean image is the same pipeline without the
+    noise, so that only the noise tells them apart. Demosaicking correlates the noise of
+    neighbouring pixels, most in the interpolated red and blue; the gamma makes its level depend on
+    the signal. ``a`` is set so that the noise std of the sRGB output is ``std`` (0-255 units)
+    on average over the images; nothing is written when ``folder`` already holds them."""
+    import numpy as np
+    from PIL import Image
+
+    from dbsn.data import list_images
+
+    if len(list(folder.glob("clean/*.png"))) == images:
+        return
+    names = list_images(source)
+    pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
+    rng = np.random.default_rng(seed)
+    raws, zs = [], []
+    for i in pick:
+        linear = (np.asarray(Image.open(names[i]).convert("RGB"), np.float64) / 255) ** 2.2
+        raw = np.zeros(linear.shape[:2])
+        raw[0::2, 0::2], raw[0::2, 1::2] = linear[0::2, 0::2, 0], linear[0::2, 1::2, 1]
+        raw[1::2, 0::2], raw[1::2, 1::2] = linear[1::2, 0::2, 1], linear[1::2, 1::2, 2]
+        raws.append(raw)
+        zs.append(rng.standard_normal(raw.shape))
+
+    def develop(raw):
+        return np.clip(_bilinear_demosaic(raw, np), 0, 1) ** (1 / 2.2) * 255
+
+    def output_std(a):
+        return float(np.mean([np.std(develop(r + np.sqrt(a * r + a / 20) * z) - develop(r)) for r, z in zip(raws, zs)]))
+
+    lo, hi = 1e-6, 1.0  # the output std grows with a: bisect on its logarithm
+    for _ in range(30):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if output_std(mid) < std else (lo, mid)
+    a = np.sqrt(lo * hi)
+    for sub in ("noisy", "clean"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i, raw, z in zip(pick, raws, zs):
+        noisy = np.round(develop(raw + np.sqrt(a * raw + a / 20) * z)).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / "noisy" / f"{names[i].stem}.png")
+        Image.fromarray(np.round(develop(raw)).astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
+
+
 def machine() -> str:
     """The CPU model, core count, GPU and torch version: what a measured number ran on."""
     import os

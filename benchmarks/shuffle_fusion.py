@@ -15,12 +15,18 @@ the median (and worst) gain in PSNR over the noisy input of:
   ``y - mu``, also with 8 passes of refinement; at the level read from ``y`` alone; at the true level;
 - an oracle: the best weight per image and channel on ``y - mu``, from the clean image.
 
+``--camera`` replaces the filtered Gaussian noise by a camera's pipeline (``common.camera_set``):
+Poisson-Gaussian noise on an RGGB mosaic, bilinear demosaicking and gamma, so that the noise is
+correlated (most in red and blue) and depends on the signal, and the diagnosis picks ``hg`` heads.
+Its "true level" is then each image's own ``std(noisy - clean)``.
+
 ``--gains`` scales the noise of the red, green and blue channels relative to one another (normalised
 to a root mean square of 1, so ``--std`` stays the mean level), as a camera's white balance does:
 phone photographs often carry twice the noise in blue that they carry in green.
 
     python benchmarks/shuffle_fusion.py --std 3,10 --minutes 7 -o /work/runs/shuffle_fusion
     python benchmarks/shuffle_fusion.py --std 10 --gains 1.2,0.7,1.6 --minutes 7 -o /work/runs/shuffle_fusion
+    python benchmarks/shuffle_fusion.py --std 12 --camera --minutes 7 -o /work/runs/shuffle_fusion
 
 Every cell is resumable: a finished training run is read back. Run nothing else meanwhile.
 """
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATASETS, correlated_set, dataset, machine, train
+from common import DATASETS, camera_set, correlated_set, dataset, machine, train
 
 IMAGES, SEED = 16, 7
 
@@ -50,7 +56,9 @@ def split_at_level(s_mu, s_n, var_level):
     return s_mu + (1 - k) * s_n, k * s_n
 
 
-def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[float]]:
+def variants(weights: Path, folder: Path, true_std: float | None) -> dict[str, list[float]]:
+    """The gain of each fusion per image; ``true_std`` (0-255) is the noise's level, or ``None``: each
+    image's own ``std(noisy - clean)``."""
     import torch
     from PIL import Image
 
@@ -80,7 +88,8 @@ def variants(weights: Path, folder: Path, true_std: float) -> dict[str, list[flo
             own = bayes_fusion(y, mu, s_mu, s_n)
             cells = {"own level": own, "refine 8, raw": refined._refined(y, own.clamp(0, 1), refined.tile_spec())}
             read, pooled = noise_level(y[0].numpy()), diagnose([y[0].numpy()]).std / 255
-            for tag, level in (("read", read), ("read, channels pooled", pooled), ("true", true_std / 255)):
+            true = true_std / 255 if true_std is not None else float((y - x).pow(2).mean().sqrt())
+            for tag, level in (("read", read), ("read, channels pooled", pooled), ("true", true)):
                 cells[f"split at level {tag}"] = bayes_fusion(y, mu, *split_at_level(s_mu, s_n, torch.tensor([level**2])))
             cells["measured, level of y alone"] = bayes_fusion(
                 y, mu, *measured_variances(y, mu, torch.from_numpy(channel_levels(y[0].numpy())**2)[None]))
@@ -105,6 +114,8 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=7.0)
     p.add_argument("--gains", default=None, type=lambda s: [float(v) for v in s.split(",")],
                    help="the noise std of the R, G and B channels relative to one another (default: equal)")
+    p.add_argument("--camera", action="store_true",
+                   help="noise through a camera's pipeline (mosaic, Poisson-Gaussian, demosaicking, gamma)")
     p.add_argument("--datasets", type=Path, default=DATASETS)
     p.add_argument("-o", "--out", type=Path, required=True, help="results folder (outside the work tree)")
     args = p.parse_args()
@@ -113,13 +124,18 @@ def main() -> int:
         return 2
     print(machine())
     for std in args.std:
-        gains = "" if args.gains is None else "-gains" + "_".join(f"{g:g}" for g in args.gains)
-        folder = args.out / f"std{std:g}{gains}"
-        correlated_set(source, folder, np.array([1.0, 2.0, 1.0]) / 4, std, IMAGES, SEED, "RGB", args.gains)
+        if args.camera:
+            folder = args.out / f"camera{std:g}"
+            camera_set(source, folder, std, IMAGES, SEED)
+        else:
+            gains = "" if args.gains is None else "-gains" + "_".join(f"{g:g}" for g in args.gains)
+            folder = args.out / f"std{std:g}{gains}"
+            correlated_set(source, folder, np.array([1.0, 2.0, 1.0]) / 4, std, IMAGES, SEED, "RGB", args.gains)
         run_dir = folder / "run"
         train(["dbsn", "-q", "train", "--noisy", str(folder / "noisy"), "--minutes", f"{args.minutes:g}"], run_dir)
-        rows = variants(run_dir / "model.safetensors", folder, std)
-        print(f"\ncorrelated noise of std {std:g}{', channel gains ' + str(args.gains) if args.gains else ''}, "
+        rows = variants(run_dir / "model.safetensors", folder, None if args.camera else std)
+        kind = "camera-pipeline noise" if args.camera else "correlated noise"
+        print(f"\n{kind} of std {std:g}{', channel gains ' + str(args.gains) if args.gains else ''}, "
               f"{IMAGES} bsd432 images: gain over the noisy input (dB)")
         print(f"{'fusion':<36}{'median':>8}{'min':>8}{'max':>8}")
         for label, values in rows.items():
