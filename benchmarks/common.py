@@ -108,21 +108,24 @@ def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, 
         Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
 
 
-def _bilinear_demosaic(raw, np):
+def _bilinear_demosaic(raw):
     """RGB from an RGGB Bayer mosaic by bilinear interpolation, each missing value the mean of its
     nearest samples of that colour (reflected at the borders)."""
+    import numpy as np
+
     h, w = raw.shape
     masks = np.zeros((3, h, w))
     masks[0, 0::2, 0::2] = 1
     masks[1, 0::2, 1::2] = masks[1, 1::2, 0::2] = 1
     masks[2, 1::2, 1::2] = 1
-    kernels = (np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4, np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4)
+    red_blue = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4  # a quarter of the sites sampled
+    green = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4  # half of them
 
     def conv(a, k):
         p = np.pad(a, 1, mode="reflect")
         return sum(k[i, j] * p[i:i + h, j:j + w] for i in range(3) for j in range(3))
 
-    return np.stack([conv(raw * masks[c], kernels[0 if c != 1 else 1]) for c in range(3)], axis=-1)
+    return np.stack([conv(raw * masks[c], green if c == 1 else red_blue) for c in range(3)], axis=-1)
 
 
 def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -> None:
@@ -154,7 +157,7 @@ def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -
         zs.append(rng.standard_normal(raw.shape))
 
     def develop(raw):
-        return np.clip(_bilinear_demosaic(raw, np), 0, 1) ** (1 / 2.2) * 255
+        return np.clip(_bilinear_demosaic(raw), 0, 1) ** (1 / 2.2) * 255
 
     def output_std(a):
         return float(np.mean([np.std(develop(r + np.sqrt(a * r + a / 20) * z) - develop(r)) for r, z in zip(raws, zs)]))
