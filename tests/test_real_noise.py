@@ -331,3 +331,6 @@ def test_denoise_suggests_the_bundled_model_for_real_photographs_on_correlated_c
     assert "shared between neighbouring pixels" in caplog.text
     assert f"--model {real[0] if real else 'color-hg'} " in caplog.text
     assert "--model color-hg " in caplog.text  # beside a model learned from real photographs: light noise
+    caplog.clear()  # the model in use is not suggested again
+    assert main(["-q", "denoise", "--model", "color-hg", str(inputs), "-o", str(tmp_path / "out_hg")]) == 0
+    assert "shared between neighbouring pixels" in caplog.text and "--model color-hg " not in caplog.text

@@ -354,7 +354,7 @@ def cmd_denoise(args) -> int:
     for path in result.written:
         print(f"wrote {path}")
     if not getattr(denoiser, "shuffled", False) and result.written:
-        _suggest_for_correlated_noise(args.inputs)
+        _suggest_for_correlated_noise(args.inputs, args.model)
     if args.report:
         for r in result.reports:
             estimate = f" (noise estimate {r['noise_std_est']:.2f})" if "noise_std_est" in r else ""
@@ -375,9 +375,9 @@ def cmd_denoise(args) -> int:
 SUGGEST_FILES = 8  # the inputs the diagnosis behind dbsn denoise's suggestion reads, at most
 
 
-def _suggest_for_correlated_noise(inputs) -> None:
+def _suggest_for_correlated_noise(inputs, used: str | None = None) -> None:
     """Warn where the inputs' noise is shared between neighbouring pixels (camera photographs), which a
-    model without pixel shuffle keeps, and say what to use instead."""
+    model without pixel shuffle keeps, and say what to use instead of ``used`` (the --model given)."""
     from .files import collect_inputs, diagnose_files
     from .hub import bundled_models
 
@@ -390,14 +390,15 @@ def _suggest_for_correlated_noise(inputs) -> None:
         real = [(name, entry) for name, entry in bundled_models().items()
                 if entry.noise == "real noise" and entry.channels == len(diagnosis.channel_std)]
         hg = "gray-hg" if len(diagnosis.channel_std) == 1 else "color-hg"
-        if real:  # neither wins everywhere: README, "A bundled model for real photographs"
-            instead = (f"try --model {real[0][0]} (learned from real photographs' noise; the better at heavy noise, "
-                       f"as in phone pictures) or --model {hg} (the better at light noise)")
-        else:
-            instead = f"try --model {hg}"
+        # neither wins everywhere (README, "A bundled model for real photographs"): name both
+        models = [f"--model {name} (learned from real photographs' noise; the better at heavy noise, as in phone "
+                  "pictures)" for name, _ in real[:1]]
+        if hg != used:
+            models.append(f"--model {hg} (the better at light noise)")
+        instead = f", or try {' or '.join(models)}" if models else ""
         log.warning("the noise of these images is shared between neighbouring pixels (correlation %+.2f at lag 1, "
                     "as in camera photographs), which this model, made for noise independent from pixel to pixel, "
-                    "keeps in part: train on them with `dbsn train --noisy DIR` (pixel shuffle), or %s; "
+                    "keeps in part: train on them with `dbsn train --noisy DIR` (pixel shuffle)%s; "
                     "`dbsn inspect DIR` shows the diagnosis", diagnosis.rho1, instead)
 
 
