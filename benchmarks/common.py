@@ -78,6 +78,18 @@ def photo_shape(megapixels: float) -> tuple[int, int]:
     return h, round(h * 1.5 / 8) * 8
 
 
+def _draw(source: Path, images: int, seed: int):
+    """``images`` image paths drawn from ``source`` without replacement (rng ``seed``), in the folder's
+    order, and a fresh rng of the same seed for their noise."""
+    import numpy as np
+
+    from dbsn.data import list_images
+
+    names = list_images(source)
+    pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
+    return [names[i] for i in pick], np.random.default_rng(seed)
+
+
 def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, seed: int, mode: str,
                    gains=None) -> None:
     """``folder/noisy`` and ``folder/clean``: ``images`` images drawn from ``source`` (rng ``seed``) as ``mode``
@@ -88,24 +100,20 @@ def correlated_set(source: Path, folder: Path, kernel, std: float, images: int, 
     import numpy as np
     from PIL import Image
 
-    from dbsn.data import list_images
-
     if len(list(folder.glob("clean/*.png"))) == images:
         return
-    names = list_images(source)
-    pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
-    rng = np.random.default_rng(seed)
+    picked, rng = _draw(source, images, seed)
     scale = 1.0 if gains is None else np.asarray(gains, np.float64) / np.sqrt(np.mean(np.square(gains)))
     for sub in ("noisy", "clean"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i in pick:
-        x = np.asarray(Image.open(names[i]).convert(mode), np.float64)
+    for path in picked:
+        x = np.asarray(Image.open(path).convert(mode), np.float64)
         z = rng.standard_normal(x.shape)
         z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 0, z)
         z = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, z)
         y = np.clip(np.round(x + z * scale * std / z.std()), 0, 255).astype(np.uint8)
-        Image.fromarray(y).save(folder / "noisy" / f"{names[i].stem}.png")
-        Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
+        Image.fromarray(y).save(folder / "noisy" / f"{path.stem}.png")
+        Image.fromarray(x.astype(np.uint8)).save(folder / "clean" / f"{path.stem}.png")
 
 
 def _bilinear_demosaic(raw):
@@ -140,16 +148,12 @@ def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -
     import numpy as np
     from PIL import Image
 
-    from dbsn.data import list_images
-
     if len(list(folder.glob("clean/*.png"))) == images:
         return
-    names = list_images(source)
-    pick = sorted(np.random.default_rng(seed).choice(len(names), images, replace=False))
-    rng = np.random.default_rng(seed)
+    picked, rng = _draw(source, images, seed)
     raws, zs = [], []
-    for i in pick:
-        linear = (np.asarray(Image.open(names[i]).convert("RGB"), np.float64) / 255) ** 2.2
+    for path in picked:
+        linear = (np.asarray(Image.open(path).convert("RGB"), np.float64) / 255) ** 2.2
         raw = np.zeros(linear.shape[:2])
         raw[0::2, 0::2], raw[0::2, 1::2] = linear[0::2, 0::2, 0], linear[0::2, 1::2, 1]
         raw[1::2, 0::2], raw[1::2, 1::2] = linear[1::2, 0::2, 1], linear[1::2, 1::2, 2]
@@ -159,8 +163,11 @@ def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -
     def develop(raw):
         return np.clip(_bilinear_demosaic(raw), 0, 1) ** (1 / 2.2) * 255
 
+    cleans = [develop(r) for r in raws]  # developed once, for the bisection and the clean files
+
     def output_std(a):
-        return float(np.mean([np.std(develop(r + np.sqrt(a * r + a / 20) * z) - develop(r)) for r, z in zip(raws, zs)]))
+        return float(np.mean([np.std(develop(r + np.sqrt(a * r + a / 20) * z) - c)
+                              for r, z, c in zip(raws, zs, cleans)]))
 
     lo, hi = 1e-6, 1.0  # the output std grows with a: bisect on its logarithm
     for _ in range(30):
@@ -169,10 +176,10 @@ def camera_set(source: Path, folder: Path, std: float, images: int, seed: int) -
     a = np.sqrt(lo * hi)
     for sub in ("noisy", "clean"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i, raw, z in zip(pick, raws, zs):
+    for path, raw, z, clean in zip(picked, raws, zs, cleans):
         noisy = np.round(develop(raw + np.sqrt(a * raw + a / 20) * z)).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / "noisy" / f"{names[i].stem}.png")
-        Image.fromarray(np.round(develop(raw)).astype(np.uint8)).save(folder / "clean" / f"{names[i].stem}.png")
+        Image.fromarray(noisy).save(folder / "noisy" / f"{path.stem}.png")
+        Image.fromarray(np.round(clean).astype(np.uint8)).save(folder / "clean" / f"{path.stem}.png")
 
 
 def machine() -> str:

@@ -88,14 +88,14 @@ def variants(weights: Path, folder: Path, true_std: float | None) -> dict[str, l
             own = bayes_fusion(y, mu, s_mu, s_n)
             cells = {"own level": own, "refine 8, raw": refined._refined(y, own.clamp(0, 1), refined.tile_spec())}
             read, pooled = noise_level(y[0].numpy()), diagnose([y[0].numpy()]).std / 255
-            true = true_std / 255 if true_std is not None else float((y - x).pow(2).mean().sqrt())
+            true_var = ((y - x) ** 2).mean(dim=(-2, -1))  # per channel: the oracles' level
+            true = true_std / 255 if true_std is not None else float(true_var.mean().sqrt())
             for tag, level in (("read", read), ("read, channels pooled", pooled), ("true", true)):
                 cells[f"split at level {tag}"] = bayes_fusion(y, mu, *split_at_level(s_mu, s_n, torch.tensor([level**2])))
             cells["measured, level of y alone"] = bayes_fusion(
                 y, mu, *measured_variances(y, mu, torch.from_numpy(channel_levels(y[0].numpy())**2)[None]))
             cells["measured (the default)"] = plain.predict(y)["x_hat"]
             cells["measured, refine 8"] = refined.predict(y)["x_hat"]
-            true_var = ((y - x) ** 2).mean(dim=(-2, -1))  # the oracles
             cells["measured, true level (oracle)"] = bayes_fusion(y, mu, *measured_variances(y, mu, true_var))
             r, t = y - mu, x - mu
             weight = (r * t).sum(dim=(-2, -1), keepdim=True) / (r * r).sum(dim=(-2, -1), keepdim=True)
