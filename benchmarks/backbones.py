@@ -13,7 +13,8 @@ Two steps, each resumable (a finished cell is read back, not run again):
    results folder has no ``recipes.json``; for colour, the gray choice where no colour one ran),
    self-supervised on the 68 noisy images of each test set (``--fixed-noise``: the protocol's one
    noisy realisation per image, no clean pixel seen) for each of ``--minutes``,
-   then ``dbsn evaluate`` on the same set. One table: PSNR of ``mu`` and of the fused ``x_hat``,
+   then ``dbsn evaluate`` on the same set. One table: PSNR of ``mu``, of the paper's fusion with the
+   heads' variances (``--fusion heads``) and of the fused ``x_hat`` (the default, measured fusion),
    the noise estimate, steps, steps per second, and BM3D on the same noisy images in the same
    run (its first ``--bm3d`` images; the model's PSNR on those images beside it).
 
@@ -128,16 +129,21 @@ def cell(out: Path, clean: Path, channels: int, noise: str, backbone: str, recip
         out.mkdir(parents=True, exist_ok=True)
         run(["dbsn", "-q", "evaluate", "--model", weights, "--clean", str(clean),
              "--channels", str(channels), "--noise", noise, "--json", str(result_path)])
+    heads_path = out / "evaluate_heads.json"  # the paper's fusion, with the heads' own variances, beside it
+    if not heads_path.exists():
+        run(["dbsn", "-q", "evaluate", "--model", weights, "--clean", str(clean), "--channels", str(channels),
+             "--noise", noise, "--fusion", "heads", "--json", str(heads_path)])
+    heads = json.loads(heads_path.read_text())["psnr"]
     result = json.loads(result_path.read_text())
     if untrained:
-        return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "noise_std_est": result["noise_std_est"],
-                "steps": 0, "steps_per_s": float("nan"), "d-bsn_steps": 0, "images": result["images"]}
+        return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "psnr_heads": heads,
+                "noise_std_est": result["noise_std_est"], "steps": 0, "steps_per_s": float("nan"), "d-bsn_steps": 0, "images": result["images"]}
     summary = json.loads((run_dir / "run.json").read_text())
     with open(run_dir / "log.csv") as fh:
         phases = [row["phase"] for row in csv.DictReader(fh)]
     steps, seconds = summary["steps"], summary["elapsed_s"]
-    return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "noise_std_est": result["noise_std_est"],
-            "steps": steps, "steps_per_s": steps / seconds if seconds else float("nan"),
+    return {"psnr_mu": result["psnr_mu"], "psnr": result["psnr"], "psnr_heads": heads,
+            "noise_std_est": result["noise_std_est"], "steps": steps, "steps_per_s": steps / seconds if seconds else float("nan"),
             "d-bsn_steps": sum(p != "heads" for p in phases), "images": result["images"]}
 
 
@@ -220,14 +226,14 @@ def main() -> int:
         mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
         print(f"\n{name}, {args.noise}, self-supervised on its {len(rows[0][3]['images'])} noisy images, "
               f"{machine()}")
-        print(f"{'backbone':<19}{'recipe':<28}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'x_hat':>8}"
-              f"{'std_est':>9}{f'x_hat {len(bm3d)}':>10}")
+        print(f"{'backbone':<19}{'recipe':<28}{'min':>5}{'steps':>7}{'D-BSN':>7}{'steps/s':>9}{'mu':>8}{'heads':>8}"
+              f"{'x_hat':>8}{'std_est':>9}{f'x_hat {len(bm3d)}':>10}")
         for backbone, label, minutes, r in rows:
             first = mean([im["psnr"] for im in r["images"] if im["image"] in names])
             print(f"{backbone:<19}{label:<28}{minutes:>5g}{r['steps']:>7}{r['d-bsn_steps']:>7}{r['steps_per_s']:>9.2f}"
-                  f"{r['psnr_mu']:>8.2f}{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}{first:>10.2f}")
+                  f"{r['psnr_mu']:>8.2f}{r['psnr_heads']:>8.2f}{r['psnr']:>8.2f}{r['noise_std_est']:>9.2f}{first:>10.2f}")
         if bm3d:
-            print(f"{'BM3D' if channels == 1 else 'CBM3D':<19}{'':<28}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>9}"
+            print(f"{'BM3D' if channels == 1 else 'CBM3D':<19}{'':<28}{'':>5}{'':>7}{'':>7}{'':>9}{'':>8}{'':>8}{'':>8}{'':>9}"
                   f"{mean([b['psnr'] for b in bm3d]):>10.2f}"
                   f"   ({sorted(b['seconds'] for b in bm3d)[len(bm3d) // 2]:.1f} s/image)")
         print("curve (fused PSNR against minutes):")

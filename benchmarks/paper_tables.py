@@ -11,7 +11,8 @@ image read as three equal channels), on which no recipe was chosen. The protocol
 per image, noisy input neither clipped nor quantised, output clamped, float PSNR).
 Students are also scored with ``--ensemble 8`` (``model x8``: the mean over the eight
 mirrored and rotated copies of each noisy image, eight times the time); stage-1 models,
-ten times slower, only as they are.
+ten times slower, only as they are, with the default fusion measured on the image and with the
+paper's, from the heads' variances (``model (heads fusion)``).
 
 BM3D (``pip install bm3d``) runs on the same noisy images: ``bm3d.bm3d`` for gray,
 ``bm3d.bm3d_rgb`` for colour, told the true noise std for AWGN; for HG and MG, which
@@ -102,6 +103,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write every row here unrounded (JSON), BM3D's included")
     p.add_argument("--ensemble", nargs="+", type=int, default=[1, 8],
                    help="score students with each of these self-ensembles (1: as they are; default: 1 8)")
+    p.add_argument("--fusions", nargs="+", choices=("local", "image", "heads"), default=["local", "heads"],
+                   help="score stage-1 models with each of these fusions (default: local, the default, and heads, "
+                        "the paper's)")
     args = p.parse_args()
     if not args.no_bm3d:
         require_bm3d(" (or pass --no-bm3d)")
@@ -133,11 +137,14 @@ def main() -> int:
             paper = PAPER.get((model.channels, noise), (None,) * 3) if set_name == TEST_SET[model.channels] else (None,) * 3
             cell = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
             images = first_images(clean, args.images)
-            for ensemble in args.ensemble if model.stage == "student" else [1]:
+            variants = ([(e, "local") for e in args.ensemble] if model.stage == "student"
+                        else [(1, f) for f in args.fusions])
+            for ensemble, fusion in variants:
                 # Set14 holds a gray image among colour ones: a colour model reads it as three equal channels
-                result = evaluate(dbsn.load(model.name, device="cpu", precision="fp32", ensemble=ensemble), images, noise,
-                                  channels=model.channels)
-                name = model.name + (f" x{ensemble}" if ensemble > 1 else "")
+                result = evaluate(dbsn.load(model.name, device="cpu", precision="fp32", ensemble=ensemble,
+                                            fusion=fusion), images, noise, channels=model.channels)
+                name = model.name + (f" x{ensemble}" if ensemble > 1 else "") + (f" ({fusion} fusion)"
+                                                                                  if fusion != "local" else "")
                 lines.append(
                     f"| {set_name} | {noise} | {name} | {model.stage} | {cell(result['psnr'])} | "
                     f"{cell(result['ssim'], '.4f')} | {cell(result['seconds_per_image_median'])} | "
@@ -147,6 +154,7 @@ def main() -> int:
                 )
                 print(lines[-1], flush=True)
                 records.append({"set": set_name, "noise": noise, "model": model.name, "ensemble": ensemble,
+                                "fusion": fusion if model.stage != "student" else None,
                                 "stage": model.stage, **{k: result[k] for k in ("psnr", "ssim", "seconds_per_image_median")},
                                 "bm3d_psnr": b[0] if b else None, "bm3d_seconds_per_image_median": b[1] if b else None})
                 rows_of.setdefault(model.name, []).append(lines[-1])

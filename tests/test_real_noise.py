@@ -64,28 +64,75 @@ def test_refinement_is_deterministic_and_changes_the_output():
         Denoiser(dbsn.create_model("dbsn_tiny", in_channels=1), device="cpu", refine=2)
 
 
-@pytest.mark.parametrize("form", ["var", "cov"])
-def test_variances_measured_on_the_image_give_the_best_weight_of_mu_and_y(form):
+@pytest.mark.parametrize("window", [None, 17])
+def test_variances_measured_on_the_image_give_the_best_weight_of_mu_and_y(window):
     """Noise of variance 4e-3 and an estimate ``mu`` with independent errors of variance 1e-3: given the
     noise level, the fusion finds ``var_mu`` from ``y - mu`` and reaches the least squared error, 8e-4
-    (below both ``y`` and ``mu``); full covariances give the same estimate."""
-    from dbsn import linalg
+    (below both ``y`` and ``mu``), over the whole image or window by window."""
     from dbsn.fusion import bayes_fusion, measured_variances
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 256, 256, generator=g)
     y = x + 0.004**0.5 * torch.randn(x.shape, generator=g)
     mu = x + 0.001**0.5 * torch.randn(x.shape, generator=g)
-    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.004), full=form == "cov")
-    assert s_mu.shape == ((2, 3, 1, 1) if form == "var" else (2, 3, 3, 1, 1))
-    var_mu = linalg.diagonal(s_mu)[..., 0, 0]
-    torch.testing.assert_close(var_mu, torch.full((2, 3), 0.001), rtol=0.1, atol=0)
+    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.004), window)
+    assert s_mu.shape == ((2, 3, 1, 1) if window is None else (2, 3, 256, 256)) and s_n.shape == (2, 3, 1, 1)
+    torch.testing.assert_close(s_mu.median(), torch.tensor(0.001), rtol=0.1, atol=0)
     mse = float(((bayes_fusion(y, mu, s_mu, s_n) - x) ** 2).mean())
     assert mse == pytest.approx(0.001 * 0.004 / 0.005, rel=0.05)
     # where the noise alone explains the residual, the estimate is mu
-    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.01))
+    s_mu, s_n = measured_variances(y, mu, torch.full((2, 3), 0.01), window)
     assert float(s_mu.abs().max()) == 0
     torch.testing.assert_close(bayes_fusion(y, mu, s_mu, s_n), mu)
+
+
+def test_variances_measured_around_each_pixel_follow_where_mu_misses():
+    """``mu`` misses by variance 1e-2 on the left half (texture) and 1e-4 on the right (flat), noise 4e-3:
+    one weight for the whole image serves neither half; measured window by window, the fusion comes within
+    5 % of the best weight for each half, and a per-pixel noise variance is taken as given."""
+    from dbsn.fusion import FUSION_WINDOW, bayes_fusion, measured_variances
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 1, 256, 256, generator=g)
+    miss = torch.full_like(x, 1e-4)
+    miss[..., :128] = 1e-2
+    y = x + 0.004**0.5 * torch.randn(x.shape, generator=g)
+    mu = x + miss.sqrt() * torch.randn(x.shape, generator=g)
+    best = float((miss * 0.004 / (miss + 0.004)).mean())
+    mse = {}
+    for window in (None, FUSION_WINDOW):
+        mse[window] = float(((bayes_fusion(y, mu, *measured_variances(y, mu, torch.full((1, 1), 0.004), window))
+                              - x) ** 2).mean())
+    assert mse[FUSION_WINDOW] == pytest.approx(best, rel=0.05)
+    assert mse[None] > 1.15 * mse[FUSION_WINDOW]
+    per_pixel = torch.full_like(x, 0.004)
+    torch.testing.assert_close(measured_variances(y, mu, per_pixel, FUSION_WINDOW)[0],
+                               measured_variances(y, mu, torch.full((1, 1), 0.004), FUSION_WINDOW)[0])
+    with pytest.raises(ValueError, match="odd"):
+        measured_variances(y, mu, per_pixel, 16)
+
+
+@pytest.mark.parametrize("fusion", ["local", "image", "heads"])
+def test_a_stage1_denoiser_fuses_as_asked_and_reports_the_variances_it_used(fusion):
+    """The measured fusions replace the heads' variances (and report those they used); ``heads`` keeps the
+    model's own; the same image gives the same result twice."""
+    from dbsn.fusion import bayes_fusion
+
+    model = dbsn.create_model("dbsn_tiny", in_channels=1, noise_model="awgn").eval()
+    ramp = torch.linspace(0.2, 0.8, 128).expand(1, 1, 128, 128)
+    y = ramp + 10 / 255 * torch.randn(ramp.shape, generator=torch.Generator().manual_seed(0))
+    denoiser = Denoiser(model, device="cpu", precision="fp32", fusion=fusion)
+    out = denoiser.predict(y)
+    assert torch.equal(out["x_hat"], denoiser.predict(y)["x_hat"])
+    torch.testing.assert_close(out["x_hat"], bayes_fusion(y, out["mu"], out["var_mu"], out["var_n"]).clamp(0, 1))
+    with torch.no_grad():
+        own = model(y)
+    assert torch.equal(out["var_n"], own["var_n"]) == (fusion == "heads")
+    if fusion != "heads":  # the level read from the image
+        assert 255 * float(out["var_n"].mean().sqrt()) == pytest.approx(10, rel=0.15)
+    assert out["var_mu"].shape[-1] == (1 if fusion == "image" else 128)
+    with pytest.raises(ValueError, match="fusion"):
+        Denoiser(model, device="cpu", fusion="mean")
 
 
 def test_a_pixel_shuffled_model_reads_the_noise_where_mu_explains_the_texture():
@@ -96,14 +143,14 @@ def test_a_pixel_shuffled_model_reads_the_noise_where_mu_explains_the_texture():
     r, c = np.mgrid[0:128, 0:128]
     x = (0.5 + 0.15 * np.sin(r * 1.3) * np.cos(c * 0.9)).astype(np.float32)[None, None]
     y = torch.from_numpy(x + rng.normal(0, 5 / 255, x.shape).astype(np.float32))
-    denoiser = Denoiser(model, device="cpu", precision="fp32")
+    denoiser = Denoiser(model, device="cpu", precision="fp32", fusion="image")
     var_level = denoiser._noise_variance(y)
     assert float(var_level.sqrt()) > 10 / 255  # texture read as noise
     with torch.no_grad():
-        own = model.pixel_parts(y)
-        measured = denoiser._measured(y, {**own, "mu": torch.from_numpy(x)}, var_level)  # mu: the texture itself
-    assert 255 * float(measured["s_n"].sqrt()) == pytest.approx(5, rel=0.1)
-    assert 255 * float(measured["s_mu"].sqrt()) < 1.5
+        var_n_heads = model(y)["var_n"]
+        measured = denoiser._fuse(y, torch.from_numpy(x), var_n_heads, var_level)  # mu: the texture itself
+    assert 255 * float(measured["var_n"].sqrt()) == pytest.approx(5, rel=0.1)
+    assert 255 * float(measured["var_mu"].sqrt()) < 1.5
 
 
 def test_noise_level_reads_white_noise_and_declines_small_images():
@@ -134,8 +181,9 @@ def test_noise_level_of_a_colour_image_is_the_mean_over_its_channels_not_the_qui
 
 
 def test_a_pixel_shuffled_model_fuses_at_the_noise_level_read_from_the_image():
-    """An untrained model's noise estimate is far from the truth; the fusion of a pixel-shuffled one
-    takes the level read from the image, and a plain model keeps its own."""
+    """An untrained model's noise estimate is far from the truth; the measured fusion takes the level read
+    from the image, and the heads' fusion of a plain model keeps its own (a pixel-shuffled one measures
+    even then)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     x = np.linspace(0.3, 0.7, 128, dtype=np.float32)[None, None, None, :].repeat(128, axis=2)
@@ -147,9 +195,11 @@ def test_a_pixel_shuffled_model_fuses_at_the_noise_level_read_from_the_image():
             own = model.eval()(y)
         assert float(own["var_n"].mean()) ** 0.5 > 4 / 255  # the untrained estimate: twice the noise
         out = Denoiser(model, device="cpu", precision="fp32").predict(y)
+        assert 1.6 / 255 < float(out["var_n"].mean()) ** 0.5 < 2.4 / 255
+        assert (out["x_hat"] - y).abs().mean() < (own["x_hat"].clamp(0, 1) - y).abs().mean()
+        out = Denoiser(model, device="cpu", precision="fp32", fusion="heads").predict(y)
         if model is shuffled:
             assert 1.6 / 255 < float(out["var_n"].mean()) ** 0.5 < 2.4 / 255
-            assert (out["x_hat"] - y).abs().mean() < (own["x_hat"].clamp(0, 1) - y).abs().mean()
         else:
             # the same fusion; the Denoiser's channels-last layout moves the last float digits only
             torch.testing.assert_close(out["var_n"], own["var_n"], rtol=1e-4, atol=1e-4)

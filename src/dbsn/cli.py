@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .data.io import MAX_PIXELS
+from .denoiser import FUSIONS
 from .nn.masked import MASK_MODES
 from .nn.blind_spot import ESTIMATOR_INPUTS
 from .nn.students import COLOURS
@@ -29,6 +30,9 @@ ENSEMBLE_HELP = ("average the outputs on this many mirrored and rotated copies o
                  "times slower, about 0.1 dB better with 8")
 MEMORY_HELP = ("working memory for the model, e.g. 512M or 4G (default: a quarter of the memory available, "
                "from 256M to 8G); larger images are denoised in tiles with the same result")
+FUSION_HELP = ("how a stage-1 model fuses its blind-spot estimate with the noisy pixel: local (default) with "
+               "variances measured on the image around each pixel, image with one per image and channel, heads "
+               "with the model's own (the paper's)")
 REFINE_HELP = ("passes of random-replacing refinement for a model trained with --pd-stride > 1 (default 0: off; "
                "AP-BSN uses 8): each pass puts 16%% of the noisy pixels back and denoises again, and their mean "
                "is fused with the noisy image")
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine; auto: as dbsn denoise)")
     e.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
     e.add_argument("--refine", type=NON_NEGATIVE_INT, help=REFINE_HELP)
+    e.add_argument("--fusion", choices=FUSIONS, default="local", help=FUSION_HELP)
     e.add_argument("--max-memory", type=_memory, help=MEMORY_HELP)
     e.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, mps")
 
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "3 times faster, within 0.01 dB), else fp32; fp32: the same result on every machine")
     d.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1, help=ENSEMBLE_HELP)
     d.add_argument("--refine", type=NON_NEGATIVE_INT, help=REFINE_HELP)
+    d.add_argument("--fusion", choices=FUSIONS, default="local", help=FUSION_HELP)
     d.add_argument("--report", help="write to this JSON file, and print, what the model took out of each image "
                                     "(the residual's level, its correlation, whether it follows the edges): a check "
                                     "without clean images")
@@ -299,7 +305,7 @@ def cmd_evaluate(args) -> int:
 
     _new_file(args.json, "--json", args.overwrite, (args.model,))
     denoiser = load(args.model, gamma=args.gamma, precision=args.precision, device=args.device,
-                    ensemble=args.ensemble, max_memory=args.max_memory, refine=args.refine)
+                    ensemble=args.ensemble, max_memory=args.max_memory, refine=args.refine, fusion=args.fusion)
     result = evaluate(denoiser, args.clean, args.noise, seed=args.seed, progress_bar=not args.quiet,
                       channels=args.channels)
     print(format_table(result))
@@ -345,10 +351,10 @@ def cmd_denoise(args) -> int:
             raise ValueError("no bundled default model is installed; give --model CHECKPOINT")
         denoiser = DefaultDenoisers(blind_spot=args.noise_map, gamma=args.gamma, max_memory=args.max_memory,
                                     precision=args.precision, device=args.device, ensemble=args.ensemble,
-                                    refine=args.refine)
+                                    refine=args.refine, fusion=args.fusion)
     else:
         denoiser = load(args.model, gamma=args.gamma, max_memory=args.max_memory, precision=args.precision,
-                        device=args.device, ensemble=args.ensemble, refine=args.refine)
+                        device=args.device, ensemble=args.ensemble, refine=args.refine, fusion=args.fusion)
     result = denoise_files(denoiser, args.inputs, args.out, noise_map=args.noise_map, progress_bar=not args.quiet,
                            overwrite=args.overwrite, report=bool(args.report))
     for path in result.written:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import linalg
-from .fusion import measured_variances
+from .fusion import FUSION_WINDOW, bayes_fusion, measured_variances
 from .hub import load_model
 from .nn.registry import model_kind
 from .nn.blind_spot import std_n_map
@@ -38,6 +38,7 @@ class Denoiser:
         precision: str = "auto",
         ensemble: int = 1,
         refine: int | None = None,
+        fusion: str = "local",
     ):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.eval().to(self.device, memory_format=memory_format_for(self.device))
@@ -61,6 +62,11 @@ class Denoiser:
         if self.refine < 0 or (self.refine and not self.shuffled):
             raise ValueError(f"refine takes a number of passes >= 0 for a pixel-shuffled model (trained with "
                              f"--pd-stride > 1), got {refine} for a model without pixel shuffle; leave it out")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion takes one of {', '.join(FUSIONS)}, got {fusion!r}")
+        # a pixel-shuffled model's heads do not fit inference (dbsn.fusion.measured_variances): measured always
+        self.fusion = "image" if fusion == "heads" and self.shuffled else fusion
+        self.fusion_window = FUSION_WINDOW
 
     @property
     def config(self) -> dict:
@@ -102,47 +108,58 @@ class Denoiser:
         return out
 
     def _noise_variance(self, y: torch.Tensor) -> torch.Tensor | None:
-        """For a pixel-shuffled model: the noise variance of each image and channel of ``y`` read from its
-        flat blocks (:func:`dbsn.noise.diagnosis.channel_levels`), ``(B, C)``; infinity where an image is
-        too small to read. None for other models, whose noise estimate the fusion takes as it is."""
-        return _channel_variances(y) if self.shuffled else None
+        """The noise variance of each image and channel of ``y`` read from its flat blocks
+        (:func:`dbsn.noise.diagnosis.channel_levels`), ``(B, C)``, infinity where an image is too small to
+        read; where the fusion measures on the image with that level (see :meth:`_fuse`). None otherwise."""
+        if not self.is_blind_spot or self.fusion == "heads" or self._noise_from_heads:
+            return None
+        return _channel_variances(y)
+
+    @property
+    def _noise_from_heads(self) -> bool:
+        """The measured fusion takes the heads' own per-pixel noise variance: heads that model signal-dependent
+        noise (HG), on a model that ran at its training resolution (no pixel shuffle)."""
+        return bool(self.model.heads.noise_per_pixel) and not self.shuffled
 
     def _one_pass(self, y: torch.Tensor, var_level: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The model's outputs on ``y`` (``x_hat`` clamped), tile by tile when it exceeds the memory budget.
 
-        ``var_level`` (a pixel-shuffled model): the noise variance per image and channel read from ``y``.
-        Such a model's heads learned on the sub-images of its training stride, not on what it meets at
-        inference; its fusion takes variances measured on the image instead (:meth:`_measured`)."""
+        ``var_level``: the noise variance per image and channel read from ``y``, for the measured fusion."""
         y = y.contiguous(memory_format=memory_format_for(self.device))
         spec = self.tile_spec()
         # every model: its per-pixel parts tile by tile (under the precision, as the model rules), then
         # what needs the whole image (a stage-1 model's averages and fusion, in fp32)
         own = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec, self.max_memory,
                           self.window_pixels)
-        parts = own if var_level is None else {**own, **self._measured(y, own, var_level)}
-        out = {k: v.float() for k, v in self.model.assemble(y, parts, gamma=self.gamma).items()}
+        out = {k: v.float() for k, v in self.model.assemble(y, own, gamma=self.gamma).items()}
+        if self.is_blind_spot and self.fusion != "heads":
+            out.update(self._fuse(y, out["mu"], out["var_n"], var_level))
+            out.pop("cov_mu", None), out.pop("cov_n", None)  # the heads' own, which the fusion did not use
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         if self.refine:  # the refined estimate takes the place of mu in the fusion with y
-            again = {**own, "mu": self._refined(y, out["x_hat"], spec)}
-            if var_level is not None:
-                again.update(self._measured(y, again, var_level))
-            out["x_hat"] = self.model.assemble(y, again, gamma=self.gamma)["x_hat"].float().clamp(0, 1)
+            out["x_hat"] = self._fuse(y, self._refined(y, out["x_hat"], spec), out["var_n"], var_level
+                                      )["x_hat"].clamp(0, 1)
         return out
 
-    def _measured(self, y: torch.Tensor, parts: dict[str, torch.Tensor], var_level: torch.Tensor
-                  ) -> dict[str, torch.Tensor]:
-        """``s_mu`` and ``s_n`` of a pixel-shuffled model measured on the image
-        (:func:`dbsn.fusion.measured_variances`), from its ``mu`` in ``parts``.
+    def _fuse(self, y: torch.Tensor, mu: torch.Tensor, var_n_heads: torch.Tensor, var_level: torch.Tensor | None
+              ) -> dict[str, torch.Tensor]:
+        """``x_hat``, ``var_mu`` and ``var_n`` of the fusion measured on the image
+        (:func:`dbsn.fusion.measured_variances`): per channel, ``var_mu`` over a ``fusion_window`` window
+        around each pixel (``FUSION_WINDOW`` unless set) (``fusion="local"``) or over the whole image (``"image"``).
 
-        The noise variance is the lower of two upper bounds, both read from flat blocks: of ``y``
-        (``var_level``), where texture reads as noise too, and of ``y - mu``, where only what ``mu`` missed
-        does. Where neither can be read (a small image), the model's own estimate averaged over the image."""
-        mu = parts["mu"].float()
-        var_n = torch.minimum(var_level.to(mu), _channel_variances(y - mu).to(mu))
-        own = linalg.diagonal(self.model.average_noise(parts["s_n"])).float().mean(dim=(-2, -1))
-        var_n = torch.where(torch.isfinite(var_n), var_n, own)
-        s_mu, s_n = measured_variances(y, mu, var_n, full=linalg.is_cov(parts["s_n"]))
-        return {"s_mu": s_mu, "s_n": s_n}
+        The noise variance: the heads' own per pixel for signal-dependent heads at the training resolution;
+        otherwise the lower of two upper bounds, both read from flat blocks: of ``y`` (``var_level``), where
+        texture reads as noise too, and of ``y - mu``, where only what ``mu`` missed does. Where neither can
+        be read (a small image), the heads' own averaged over the image."""
+        mu = mu.float()
+        if var_level is None:
+            var_n = var_n_heads
+        else:
+            var_n = torch.minimum(var_level.to(mu), _channel_variances(y - mu).to(mu))
+            var_n = torch.where(torch.isfinite(var_n), var_n, var_n_heads.mean(dim=(-2, -1)).expand_as(var_n))
+        window = self.fusion_window if self.fusion == "local" else None
+        var_mu, var_n = measured_variances(y, mu, var_n, window)
+        return {"x_hat": bayes_fusion(y.to(mu), mu, var_mu, var_n, self.gamma), "var_mu": var_mu, "var_n": var_n}
 
     def _refined(self, y: torch.Tensor, x_hat: torch.Tensor, spec: TileSpec) -> torch.Tensor:
         """Random-replacing refinement (R3, AP-BSN): ``refine`` passes of the blind-spot network without
@@ -215,6 +232,11 @@ def _channel_variances(images: torch.Tensor) -> torch.Tensor:
 # (+1.63 against +2.02)
 R3_PASSES, R3_SHARE, R3_SEED = 8, 0.16, 0
 
+# how a stage-1 model fuses mu with y: with variances measured on the image, over a window around each pixel
+# ("local", the default) or over the whole image ("image"), or with its heads' own ("heads", the paper's;
+# a pixel-shuffled model measures over the whole image instead); see dbsn.fusion.measured_variances
+FUSIONS = ("local", "image", "heads")
+
 # (quarter turns, mirrored) in the order ``ensemble`` takes them: 2 adds the mirror image, 4 the
 # half turn of both, 8 the quarter turns (the whole symmetry group of the square)
 ENSEMBLE_TRANSFORMS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
@@ -253,6 +275,7 @@ def load(
     precision: str = "auto",
     ensemble: int = 1,
     refine: int | None = None,
+    fusion: str = "local",
 ) -> Denoiser:
     """Load a checkpoint (``.pt``), a weights file (``.safetensors``) or a bundled model by name.
 
@@ -263,9 +286,12 @@ def load(
     benchmarks/colour_paths.py``) and everything else
     in fp32; ``"fp32"`` gives the same result on every machine to about 1e-6.
     ``refine``: the passes of random-replacing refinement for a pixel-shuffled model (default 0: off).
+    ``fusion``: how a stage-1 model fuses ``mu`` with ``y`` (:data:`FUSIONS`): ``"local"`` (the default)
+    with variances measured around each pixel, ``"image"`` over the whole image, ``"heads"`` with the
+    model's own (the paper's).
 
     >>> dbsn.load("run/model.safetensors")   # a model you trained
     >>> dbsn.load("gray")                     # a bundled model (``dbsn list``)
     """
     return Denoiser(load_model(model), device=device, gamma=gamma, max_memory=max_memory,
-                    precision=precision, ensemble=ensemble, refine=refine)
+                    precision=precision, ensemble=ensemble, refine=refine, fusion=fusion)
