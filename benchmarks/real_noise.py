@@ -11,9 +11,11 @@ For each set (``noisy/`` and ``clean/`` with the same names) one table row per m
   diagnosis chooses the heads and the pixel-shuffle stride), then denoising with the run's weights
   as ``dbsn denoise`` does, with its defaults;
 - with ``--ablate``: the same training with ``--pd-stride 1`` (the plain blind spot);
-- with ``--ablate-level``: every pixel-shuffled model again, fused as before 2026-12-07 (the baseline):
-  its own variances, the noise share lowered to the level read from the image, instead of variances
-  measured on the image (:func:`dbsn.fusion.measured_variances`);
+- with ``--previous-fusion``: every stage-1 model again, fused as before 2026-12-08 (the baseline): a
+  pixel-shuffled one with one variance per image and channel measured on the image (``--fusion image``),
+  a plain one with its heads' own (``--fusion heads``), instead of variances measured around each pixel
+  (``--fusion local``, :func:`dbsn.fusion.measured_variances`). (``--ablate-level``, the fusion before
+  2026-12-07, went with the code it measured.)
 - CBM3D told each image's true noise std (``std(noisy - clean)``), on the first ``--bm3d`` images,
   with every method's mean on those images beside it.
 
@@ -86,22 +88,6 @@ def cbm3d(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.round(np.moveaxis(out, 0, -1) * 255).astype(np.uint8)
 
 
-def previous_fusion():
-    """While it holds, the denoiser fuses a pixel-shuffled model as before 2026-12-07: the model's own
-    variances, the noise share lowered to the level read from the image (the root mean square of its
-    channels' levels; ``shuffle_fusion.split_at_level``)."""
-    from unittest import mock
-
-    from dbsn.denoiser import Denoiser
-    from shuffle_fusion import split_at_level
-
-    def split(self, y, parts, var_level):
-        s_mu, s_n = self.model.average(parts["s_mu"], parts["s_n"])
-        return dict(zip(("s_mu", "s_n"), split_at_level(s_mu, s_n, var_level.mean(1))))
-
-    return mock.patch.object(Denoiser, "_measured", split)
-
-
 def diagnose_only(datasets: Path, names: list[str]) -> int:
     """The diagnosis's verdicts on real noise and on synthetic noise that must read as independent."""
     from dbsn.data.io import list_images, read_image
@@ -137,8 +123,9 @@ def main() -> int:
                    help="training budget of the user's path per set (0: no user's path, the bundled models only)")
     p.add_argument("--model", default=None, help="--model of dbsn train (default: its own default)")
     p.add_argument("--ablate", action="store_true", help="also train with --pd-stride 1 (no pixel shuffle)")
-    p.add_argument("--ablate-level", action="store_true",
-                   help="also score every pixel-shuffled model fused as before 2026-12-07 (split at the level read)")
+    p.add_argument("--previous-fusion", action="store_true",
+                   help="also score every stage-1 model fused as before 2026-12-08 (image for a pixel-shuffled "
+                        "model, heads for a plain one)")
     p.add_argument("--bm3d", type=int, default=8, help="CBM3D on the first N images of each set (0: none)")
     p.add_argument("--diagnose", action="store_true",
                    help="only the noise diagnosis: of each set's noisy images, of fmdd_samples, and of synthetic "
@@ -168,15 +155,17 @@ def main() -> int:
 
         columns = {"noisy": score(out, "noisy", pairs_, None)}
 
-        def add(label: str, key: str, denoiser) -> None:
+        def add(label: str, key: str, source: str) -> None:
+            denoiser = dbsn.load(source)
             columns[label] = score(out, key, pairs_, lambda y, x: denoiser.denoise(y))
-            if args.ablate_level and denoiser.shuffled:
-                with previous_fusion():
-                    columns[f"  {label.split(' (')[0]}, fused as before (split at the level)"] = score(
-                        out, key + "_previous_fusion", pairs_, lambda y, x: denoiser.denoise(y))
+            if args.previous_fusion and denoiser.is_blind_spot:
+                fusion = "image" if denoiser.shuffled else "heads"
+                before = dbsn.load(source, fusion=fusion)
+                columns[f"  {label.split(' (')[0]}, fused as before (--fusion {fusion})"] = score(
+                    out, f"{key}_fusion_{fusion}", pairs_, lambda y, x: before.denoise(y))
 
         for model in BUNDLED:
-            add(model, model, dbsn.load(model))
+            add(model, model, model)
         trained = {"dbsn train --noisy": []} if args.minutes > 0 else {}
         if args.ablate:
             trained["--pd-stride 1"] = ["--pd-stride", "1"]
@@ -188,7 +177,7 @@ def main() -> int:
             summary = json.loads((run_dir / "run.json").read_text())
             config = summary["model"]
             label = f"{label} ({config['noise_model']}, pd {config.get('pd_stride', 1)}, {summary['steps']} steps)"
-            add(label, run_dir.name, dbsn.load(str(run_dir / "model.safetensors")))
+            add(label, run_dir.name, str(run_dir / "model.safetensors"))
         if args.bm3d:
             columns["CBM3D (true std)"] = score(out, "cbm3d", pairs_[: args.bm3d], cbm3d)
         names_first = {n.name for n, _ in pairs_[: args.bm3d]}

@@ -10,7 +10,6 @@ from functools import partial
 import numpy as np
 import torch
 
-from . import linalg
 from .fusion import FUSION_WINDOW, bayes_fusion, measured_variances
 from .hub import load_model
 from .nn.registry import model_kind
@@ -144,8 +143,9 @@ class Denoiser:
     def _fuse(self, y: torch.Tensor, mu: torch.Tensor, var_n_heads: torch.Tensor, var_level: torch.Tensor | None
               ) -> dict[str, torch.Tensor]:
         """``x_hat``, ``var_mu`` and ``var_n`` of the fusion measured on the image
-        (:func:`dbsn.fusion.measured_variances`): per channel, ``var_mu`` over a ``fusion_window`` window
-        around each pixel (``FUSION_WINDOW`` unless set) (``fusion="local"``) or over the whole image (``"image"``).
+        (:func:`dbsn.fusion.measured_variances`): per channel, ``var_mu`` over a ``fusion_window`` x
+        ``fusion_window`` window around each pixel (``fusion="local"``; ``FUSION_WINDOW`` unless set) or over
+        the whole image (``"image"``).
 
         The noise variance: the heads' own per pixel for signal-dependent heads at the training resolution;
         otherwise the lower of two upper bounds, both read from flat blocks: of ``y`` (``var_level``), where

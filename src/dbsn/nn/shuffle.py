@@ -23,8 +23,9 @@ noise's marginal covariance at one pixel, whatever its correlation with the neig
 pixel needs nothing else. What breaks is the heads' split of ``cov_mu + cov_n``: they learned it on the
 sub-images of the training stride, where ``mu`` is poorer than at the inference stride, and where its error
 exceeds the noise the noise estimate takes it in. :class:`dbsn.Denoiser` therefore fuses a shuffled model
-with one variance per image and channel measured on the image itself (:func:`dbsn.fusion.measured_variances`):
-the noise's, read from flat blocks, and ``mu``'s, the rest of the variance of ``y - mu``.
+with variances measured on the image itself (:func:`dbsn.fusion.measured_variances`), even with
+``fusion="heads"``: the noise's, one per image and channel read from flat blocks, and ``mu``'s, the rest of
+the variance of ``y - mu`` around each pixel (or over the whole image).
 """
 
 from __future__ import annotations
