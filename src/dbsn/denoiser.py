@@ -10,6 +10,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from . import linalg
 from .fusion import FUSION_WINDOW, bayes_fusion, measured_variances
 from .hub import load_model
 from .nn.registry import model_kind
@@ -130,10 +131,11 @@ class Denoiser:
         # what needs the whole image (a stage-1 model's averages and fusion, in fp32)
         own = tiled_apply(partial(self.model.pixel_parts, precision=self.precision), y, spec, self.max_memory,
                           self.window_pixels)
-        out = {k: v.float() for k, v in self.model.assemble(y, own, gamma=self.gamma).items()}
-        if self.is_blind_spot and self.fusion != "heads":
-            out.update(self._fuse(y, out["mu"], out["var_n"], var_level))
-            out.pop("cov_mu", None), out.pop("cov_n", None)  # the heads' own, which the fusion did not use
+        if self.is_blind_spot and self.fusion != "heads":  # the heads' noise estimate only, not their fusion
+            var_n_heads = linalg.diagonal(self.model.average_noise(own["s_n"])).float()
+            out = {"mu": own["mu"].float(), **self._fuse(y, own["mu"], var_n_heads, var_level)}
+        else:
+            out = {k: v.float() for k, v in self.model.assemble(y, own, gamma=self.gamma).items()}
         out["x_hat"] = out["x_hat"].clamp(0, 1)
         if self.refine:  # the refined estimate takes the place of mu in the fusion with y
             out["x_hat"] = self._fuse(y, self._refined(y, out["x_hat"], spec), out["var_n"], var_level
